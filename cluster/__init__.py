@@ -1,0 +1,1 @@
+"""Corpus building with Ray and job submission to SLURM and Ray clusters."""

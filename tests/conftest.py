@@ -1,0 +1,36 @@
+"""Shared fixtures: the repository's data, ../shared/data when present, one Ray per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Ray must stay on loopback: without these it listens on every interface.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+REPO_DATA = REPO / "data"
+SHARED_DATA = Path(os.environ.get("CLOUD_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def repo_data() -> Path:
+    """The small real sample shipped in the repository's data/ folder."""
+    return REPO_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the clone; tests that need it skip, saying why, when it is absent."""
+    if not (SHARED_DATA / "README.md").is_file():
+        pytest.skip(
+            f"needs the full data sets in {SHARED_DATA} (../shared/data beside the clone; "
+            "CI has it, a user's clone does not)"
+        )
+    return SHARED_DATA

@@ -1,0 +1,1 @@
+"""Training: DeepSpeed pretraining, fine-tuning, CLOUD-DEBYE, scaling laws, the `cloud` CLI."""
