@@ -1,0 +1,373 @@
+"""SCOPE: Symmetry-Consistent Ordered Parameter Encoding of a crystal.
+
+A SCOPE string writes a crystal as three segments separated by ``" | "``:
+
+    <generator> | <wyckoff> | <composition>
+
+with no coordinates. Three variants (``docs/scope.md`` has the full grammar):
+
+``"cloud"``
+    The released CLOUD format, byte for byte. Generator characters of the space group joined
+    by spaces; the Wyckoff symbols (multiplicity + letter) of the sites in the structure's
+    own site order, each written once; each element with its fraction rounded to 2 decimals
+    in the order of ``composition.fractional_composition.get_el_amt_dict()``.
+    Rock salt: ``1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a 4b | Na 0.5 Cl 0.5``.
+``"full"``
+    The released unreduced form: every site's Wyckoff symbol, then every site's element.
+``"canonical"``
+    Our invariant form: one ``<symbol> <element>`` pair per crystallographic orbit, sorted,
+    minimised over the Wyckoff-letter permutations of the group's normalizer, and the
+    composition in order of atomic number. The same crystal gives the same string whatever
+    its site order, cell choice, rotation or origin.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tokenizer import tables
+from tokenizer.elements import ATOMIC_NUMBER
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+VARIANTS: tuple[str, ...] = ("cloud", "full", "canonical")
+SEPARATOR = " | "
+DEFAULT_SYMPREC = 0.01
+DEFAULT_ANGLE_TOLERANCE = 5.0
+
+_FRACTION = re.compile(r"^(0\.\d{1,2}|1\.0|0\.0)$")
+
+
+class ScopeError(ValueError):
+    """A structure that cannot be encoded, or a string that is not valid SCOPE."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A parsed SCOPE string.
+
+    ``wyckoff`` holds the symbols as written: distinct symbols in first-appearance order
+    (cloud), one per site (full), one per orbit (canonical). ``elements`` is None for the
+    cloud variant, which does not say which element sits on which position; otherwise it is
+    aligned with ``wyckoff`` (per site for full, per orbit for canonical).
+    """
+
+    variant: str
+    space_group: int
+    generator: str
+    wyckoff: tuple[str, ...]
+    composition: tuple[tuple[str, float], ...]
+    elements: tuple[str, ...] | None = None
+
+    def to_text(self) -> str:
+        """The SCOPE string this object was parsed from (or would be written as)."""
+        generator = " ".join(self.generator)
+        if self.variant == "full":
+            assert self.elements is not None
+            return SEPARATOR.join((generator, " ".join(self.wyckoff), " ".join(self.elements)))
+        if self.variant == "canonical":
+            assert self.elements is not None
+            orbits = " ".join(f"{s} {e}" for s, e in zip(self.wyckoff, self.elements, strict=True))
+            return SEPARATOR.join((generator, orbits, _composition_text(self.composition)))
+        return SEPARATOR.join(
+            (generator, " ".join(self.wyckoff), _composition_text(self.composition))
+        )
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+@dataclass(frozen=True)
+class Symmetry:
+    """What one symmetry search tells about a structure; every variant is formatted from it."""
+
+    space_group: int
+    wyckoff_letters: tuple[str, ...]
+    orbit_of_site: tuple[int, ...]
+    elements: tuple[str, ...]
+    el_amt: tuple[tuple[str, float], ...]
+
+    @property
+    def num_sites(self) -> int:
+        return len(self.elements)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode(
+    structure: Structure,
+    variant: str = "cloud",
+    symprec: float = DEFAULT_SYMPREC,
+    angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+) -> str:
+    """The SCOPE string of a pymatgen ``Structure``.
+
+    Raises ``ScopeError`` naming the reason for structures that cannot be encoded: partial
+    occupancy, no sites, non-finite lattice or coordinates, a failed symmetry search.
+    """
+    _check_variant(variant)
+    return format_variant(analyze(structure, symprec, angle_tolerance), variant)
+
+
+def encode_variants(
+    structure: Structure,
+    variants: tuple[str, ...] | list[str] = ("cloud",),
+    symprec: float = DEFAULT_SYMPREC,
+    angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+) -> tuple[Symmetry, dict[str, str]]:
+    """Several variants from one symmetry search (the corpus builder's path)."""
+    for variant in variants:
+        _check_variant(variant)
+    symmetry = analyze(structure, symprec, angle_tolerance)
+    return symmetry, {v: format_variant(symmetry, v) for v in variants}
+
+
+def analyze(
+    structure: Structure,
+    symprec: float = DEFAULT_SYMPREC,
+    angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+) -> Symmetry:
+    """Run spglib once on a structure and keep what the SCOPE variants need."""
+    import spglib
+
+    lattice, frac, numbers, elements = _cell_arrays(structure)
+    dataset = _symmetry_dataset(spglib, (lattice, frac, numbers), symprec, angle_tolerance)
+    return Symmetry(
+        space_group=int(dataset.number),
+        wyckoff_letters=tuple(dataset.wyckoffs),
+        orbit_of_site=tuple(int(i) for i in dataset.crystallographic_orbits),
+        elements=elements,
+        el_amt=tuple(structure.composition.fractional_composition.get_el_amt_dict().items()),
+    )
+
+
+def format_variant(symmetry: Symmetry, variant: str) -> str:
+    """Write a SCOPE string of the given variant from a symmetry analysis."""
+    _check_variant(variant)
+    generator = " ".join(tables.generators()[symmetry.space_group])
+    symbols = tables.wyckoff_symbols()[symmetry.space_group]
+    if variant == "cloud":
+        written = dict.fromkeys(symbols[w] for w in symmetry.wyckoff_letters)
+        return SEPARATOR.join((generator, " ".join(written), _composition_text(symmetry.el_amt)))
+    if variant == "full":
+        wyckoff = " ".join(symbols[w] for w in symmetry.wyckoff_letters)
+        return SEPARATOR.join((generator, wyckoff, " ".join(symmetry.elements)))
+    orbits = canonical_orbits(symmetry)
+    orbit_text = " ".join(f"{s} {e}" for s, e in orbits)
+    return SEPARATOR.join((generator, orbit_text, _composition_text(_canonical_el_amt(symmetry))))
+
+
+def canonical_orbits(symmetry: Symmetry) -> list[tuple[str, str]]:
+    """One (Wyckoff symbol, element) per crystallographic orbit, in canonical order.
+
+    Each normalizer permutation of the Wyckoff letters gives an equally valid description of
+    the same crystal; the canonical one is the smallest sorted list of (letter rank, atomic
+    number) pairs. Multiplicities do not change under these permutations.
+    """
+    orbits = [
+        (symmetry.wyckoff_letters[i], symmetry.elements[i]) for i in sorted(set(symmetry.orbit_of_site))
+    ]
+    best: list[tuple[int, int, str, str]] | None = None
+    for mapping in tables.letter_permutations()[symmetry.space_group]:
+        candidate = sorted(
+            (tables.letter_rank(mapping[letter]), ATOMIC_NUMBER[el], mapping[letter], el)
+            for letter, el in orbits
+        )
+        if best is None or candidate < best:
+            best = candidate
+    assert best is not None
+    symbols = tables.wyckoff_symbols()[symmetry.space_group]
+    return [(symbols[letter], el) for _, _, letter, el in best]
+
+
+def _canonical_el_amt(symmetry: Symmetry) -> list[tuple[str, float]]:
+    counts = Counter(symmetry.elements)
+    total = sum(counts.values())
+    return [(el, counts[el] / total) for el in sorted(counts, key=ATOMIC_NUMBER.__getitem__)]
+
+
+def _composition_text(el_amt: Any) -> str:
+    # str(numpy.round(x, 2)) is what the released corpus wrote: "0.5", "0.33", "1.0".
+    return " ".join(f"{el} {np.round(amount, 2)}" for el, amount in el_amt)
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ScopeError(f"unknown SCOPE variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+
+
+def _cell_arrays(structure: Structure) -> tuple[np.ndarray, np.ndarray, list[int], tuple[str, ...]]:
+    """Lattice, fractional coordinates, atomic numbers and element symbols, validated."""
+    if len(structure) == 0:
+        raise ScopeError("structure has no sites")
+    if not structure.is_ordered:
+        disordered = next(i for i, site in enumerate(structure) if not site.is_ordered)
+        raise ScopeError(
+            f"partial occupancy: site {disordered} is {structure[disordered].species.formula!r}; "
+            "SCOPE encodes ordered crystals only"
+        )
+    lattice = np.asarray(structure.lattice.matrix, dtype=float)
+    frac = np.asarray(structure.frac_coords, dtype=float)
+    if not (np.isfinite(lattice).all() and np.isfinite(frac).all()):
+        raise ScopeError("lattice or coordinates contain NaN or infinity")
+    if abs(np.linalg.det(lattice)) < 1e-8:
+        raise ScopeError("lattice is singular (zero cell volume)")
+    elements: list[str] = []
+    numbers: list[int] = []
+    for i, site in enumerate(structure):
+        symbol = getattr(site.specie, "symbol", str(site.specie))
+        symbol = getattr(getattr(site.specie, "element", None), "symbol", symbol)
+        if symbol not in ATOMIC_NUMBER:
+            raise ScopeError(f"site {i}: {site.specie!s} is not a chemical element")
+        elements.append(symbol)
+        numbers.append(ATOMIC_NUMBER[symbol])
+    return lattice, frac, numbers, tuple(elements)
+
+
+def _symmetry_dataset(spglib: Any, cell: tuple, symprec: float, angle_tolerance: float) -> Any:
+    try:
+        dataset = spglib.get_symmetry_dataset(
+            cell, symprec=symprec, angle_tolerance=angle_tolerance
+        )
+    except Exception as exc:  # spglib raises its own error types across versions
+        raise ScopeError(f"symmetry search failed: {exc}") from exc
+    if dataset is None:
+        message = spglib.get_error_message() if hasattr(spglib, "get_error_message") else ""
+        raise ScopeError(f"symmetry search failed at symprec={symprec}: {message or 'no result'}")
+    if dataset.number not in tables.multiplicities():
+        raise ScopeError(f"spglib returned space group {dataset.number}, outside 1–230")
+    return dataset
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse(text: str, variant: str | None = None) -> Scope:
+    """Parse and validate a SCOPE string; the variant is inferred when not given.
+
+    Raises ``ScopeError`` saying what is wrong and where (segment and token position).
+    """
+    if not isinstance(text, str):
+        raise ScopeError(f"SCOPE string must be str, got {type(text).__name__}")
+    segments = text.strip().split(" | ")
+    if len(segments) != 3:
+        raise ScopeError(
+            f"expected 3 segments separated by ' | ' (generator | wyckoff | composition), "
+            f"found {len(segments)} in {text!r}"
+        )
+    gen_tokens, wyk_tokens, comp_tokens = (s.split() for s in segments)
+    space_group, generator = _parse_generator(gen_tokens)
+    variant = variant or _infer_variant(wyk_tokens, comp_tokens)
+    _check_variant(variant)
+    if variant == "canonical":
+        return _parse_canonical(space_group, generator, wyk_tokens, comp_tokens)
+    if variant == "full":
+        return _parse_full(space_group, generator, wyk_tokens, comp_tokens)
+    wyckoff = _parse_symbols(space_group, wyk_tokens)
+    if len(set(wyckoff)) != len(wyckoff):
+        raise ScopeError("wyckoff segment: the cloud variant writes each symbol once")
+    return Scope("cloud", space_group, generator, wyckoff, _parse_composition(comp_tokens))
+
+
+def _parse_generator(tokens: list[str]) -> tuple[int, str]:
+    if not tokens:
+        raise ScopeError("generator segment is empty")
+    for i, token in enumerate(tokens):
+        if len(token) != 1:
+            raise ScopeError(f"generator segment, token {i}: {token!r} is not one character")
+    code = "".join(tokens)
+    group = tables.group_of_generator().get(code)
+    if group is None:
+        raise ScopeError(f"generator segment: {code!r} is not the generator code of any space group")
+    return group, code
+
+
+def _infer_variant(wyk_tokens: list[str], comp_tokens: list[str]) -> str:
+    if any(t in ATOMIC_NUMBER for t in wyk_tokens):
+        return "canonical"
+    if comp_tokens and all(t in ATOMIC_NUMBER for t in comp_tokens):
+        return "full"
+    return "cloud"
+
+
+def _parse_symbols(space_group: int, tokens: list[str], offset: int = 0, step: int = 1) -> tuple[str, ...]:
+    if not tokens:
+        raise ScopeError("wyckoff segment is empty")
+    valid = set(tables.wyckoff_symbols()[space_group].values())
+    for i, token in enumerate(tokens):
+        if token not in valid:
+            raise ScopeError(
+                f"wyckoff segment, token {offset + i * step}: {token!r} is not a Wyckoff position "
+                f"of space group {space_group} (valid: {' '.join(sorted(valid, key=tables.symbol_sort_key))})"
+            )
+    return tuple(tokens)
+
+
+def _parse_element(token: str, where: str) -> str:
+    if token not in ATOMIC_NUMBER:
+        raise ScopeError(f"{where}: {token!r} is not a chemical element")
+    return token
+
+
+def _parse_composition(tokens: list[str]) -> tuple[tuple[str, float], ...]:
+    if not tokens or len(tokens) % 2:
+        raise ScopeError(
+            f"composition segment must be element/fraction pairs, found {len(tokens)} tokens"
+        )
+    pairs = []
+    for i in range(0, len(tokens), 2):
+        element = _parse_element(tokens[i], f"composition segment, token {i}")
+        if not _FRACTION.match(tokens[i + 1]):
+            raise ScopeError(
+                f"composition segment, token {i + 1}: {tokens[i + 1]!r} is not a fraction "
+                "rounded to 2 decimals"
+            )
+        pairs.append((element, float(tokens[i + 1])))
+    elements = [e for e, _ in pairs]
+    if len(set(elements)) != len(elements):
+        raise ScopeError(f"composition segment: an element is repeated in {' '.join(elements)}")
+    total = sum(f for _, f in pairs)
+    # Each fraction is rounded to 0.01, so the sum may be off by up to 0.005 per element.
+    if not math.isclose(total, 1.0, abs_tol=0.005 * len(pairs) + 1e-9):
+        raise ScopeError(f"composition segment: fractions sum to {total:.3f}, not 1")
+    return tuple(pairs)
+
+
+def _parse_full(space_group: int, generator: str, wyk: list[str], comp: list[str]) -> Scope:
+    symbols = _parse_symbols(space_group, wyk)
+    elements = tuple(_parse_element(t, f"species segment, token {i}") for i, t in enumerate(comp))
+    if len(elements) != len(symbols):
+        raise ScopeError(
+            f"full variant: {len(symbols)} Wyckoff symbols but {len(elements)} species; "
+            "both list every site"
+        )
+    counts = Counter(elements)
+    composition = tuple((el, round(n / len(elements), 2)) for el, n in counts.items())
+    return Scope("full", space_group, generator, symbols, composition, elements)
+
+
+def _parse_canonical(space_group: int, generator: str, wyk: list[str], comp: list[str]) -> Scope:
+    if not wyk or len(wyk) % 2:
+        raise ScopeError(
+            f"canonical wyckoff segment must be symbol/element pairs, found {len(wyk)} tokens"
+        )
+    symbols = _parse_symbols(space_group, wyk[0::2], offset=0, step=2)
+    elements = tuple(
+        _parse_element(t, f"wyckoff segment, token {2 * i + 1}") for i, t in enumerate(wyk[1::2])
+    )
+    composition = _parse_composition(comp)
+    missing = set(elements) ^ {e for e, _ in composition}
+    if missing:
+        raise ScopeError(
+            f"canonical variant: elements {' '.join(sorted(missing))} appear in only one of the "
+            "orbit and composition segments"
+        )
+    return Scope("canonical", space_group, generator, symbols, composition, elements)

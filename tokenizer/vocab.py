@@ -1,0 +1,232 @@
+"""A closed vocabulary for SCOPE strings, derived from the grammar, not learned.
+
+Tokens are namespaced by what they are, so the generator letter ``O`` and the element ``O``
+(one token in the released WordPiece vocabulary) are different tokens here:
+
+- ``[PAD] [CLS] [SEP] [MASK] [UNK]`` (ids 0–4) and the segment separator ``|``;
+- ``G:<c>`` for each generator character of the 230 space groups;
+- ``W:<symbol>`` for each Wyckoff symbol (multiplicity + letter) of the 230 groups;
+- ``E:<symbol>`` for the 118 elements and the dummy species ``X`` (composition, per-site and
+  per-orbit species);
+- ``F:<x>`` for the rounded fractions 0.0, 0.01, …, 1.0.
+
+A sequence is ``[CLS] <scope tokens> [SEP]``; segment ids are 0 for [CLS] and the generator,
+1 for the Wyckoff segment, 2 for the composition (each ``|`` opens the segment after it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from tokenizer import tables
+from tokenizer.elements import DUMMY_SPECIES, ELEMENTS
+
+SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
+SEGMENT_SEPARATOR = "|"
+FORMAT_NAME = "cloud-scope-tokenizer"
+FORMAT_VERSION = 1
+DEFAULT_MAX_LENGTH = 128
+NUM_SEGMENTS = 3
+
+
+def grammar_tokens() -> list[str]:
+    """Every token of the SCOPE grammar, in a fixed order (the default vocabulary)."""
+    generator_chars = sorted({c for code in tables.generators().values() for c in code})
+    fractions = [str(np.round(i / 100, 2)) for i in range(101)]
+    return [
+        *SPECIAL_TOKENS,
+        SEGMENT_SEPARATOR,
+        *(f"G:{c}" for c in generator_chars),
+        *(f"W:{s}" for s in tables.all_wyckoff_symbols()),
+        *(f"E:{e}" for e in (DUMMY_SPECIES, *ELEMENTS)),
+        *(f"F:{f}" for f in fractions),
+    ]
+
+
+@dataclass(frozen=True)
+class BatchEncoding:
+    """Padded token ids of a batch, as numpy int64 arrays of shape [batch, length]."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    segment_ids: np.ndarray
+
+
+class ScopeTokenizer:
+    """Token ids for SCOPE strings of any variant, with a closed vocabulary."""
+
+    def __init__(self, tokens: Sequence[str] | None = None, max_length: int = DEFAULT_MAX_LENGTH):
+        self.tokens: tuple[str, ...] = tuple(tokens if tokens is not None else grammar_tokens())
+        self.token_to_id: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}
+        if len(self.token_to_id) != len(self.tokens):
+            raise ValueError("tokenizer vocabulary has duplicate tokens")
+        missing = [t for t in SPECIAL_TOKENS if t not in self.token_to_id]
+        if missing:
+            raise ValueError(f"tokenizer vocabulary lacks special tokens {missing}")
+        self.max_length = max_length
+        self.pad_id = self.token_to_id["[PAD]"]
+        self.cls_id = self.token_to_id["[CLS]"]
+        self.sep_id = self.token_to_id["[SEP]"]
+        self.mask_id = self.token_to_id["[MASK]"]
+        self.unk_id = self.token_to_id["[UNK]"]
+        self.separator_id = self.token_to_id[SEGMENT_SEPARATOR]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(self.token_to_id[t] for t in SPECIAL_TOKENS)
+
+    @cached_property
+    def vocab_hash(self) -> str:
+        """SHA-256 of the token list: two tokenizers with the same hash give the same ids."""
+        return hashlib.sha256(json.dumps(self.tokens).encode()).hexdigest()
+
+    # ------------------------------------------------------------------ strings ↔ tokens
+
+    def tokenize(self, text: str) -> list[str]:
+        """The namespaced tokens of a SCOPE string (without [CLS]/[SEP])."""
+        result: list[str] = []
+        segment = 0
+        for word in text.split():
+            if word == SEGMENT_SEPARATOR:
+                segment += 1
+                result.append(SEGMENT_SEPARATOR)
+            elif segment == 0:
+                result.append(f"G:{word}")
+            elif word[0].isdigit():
+                result.append(f"{'W' if segment == 1 else 'F'}:{word}")
+            else:
+                result.append(f"E:{word}")
+        return result
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of one SCOPE string; unknown words map to [UNK]."""
+        ids = [self.token_to_id.get(t, self.unk_id) for t in self.tokenize(text)]
+        return [self.cls_id, *ids, self.sep_id] if add_special_tokens else ids
+
+    def segment_ids(self, ids: Sequence[int]) -> list[int]:
+        """Segment of each position: 0 generator (and [CLS]), 1 Wyckoff, 2 composition."""
+        segments, current = [], 0
+        for token_id in ids:
+            if token_id == self.separator_id:
+                current = min(current + 1, NUM_SEGMENTS - 1)
+            segments.append(current)
+        return segments
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """The SCOPE string of token ids (the inverse of ``encode`` on valid strings)."""
+        words = []
+        for token_id in ids:
+            token = self.tokens[int(token_id)]
+            if token in SPECIAL_TOKENS:
+                if skip_special_tokens:
+                    continue
+                words.append(token)
+            else:
+                words.append(token.split(":", 1)[1] if ":" in token else token)
+        return " ".join(words)
+
+    def batch_encode(
+        self,
+        texts: Sequence[str],
+        max_length: int | None = None,
+        truncate: bool = False,
+        pad_to_multiple_of: int | None = None,
+    ) -> BatchEncoding:
+        """Encode and pad a batch to its longest sequence (at most ``max_length``).
+
+        A sequence longer than ``max_length`` raises ``ValueError`` naming it, unless
+        ``truncate`` is set (the [SEP] is kept as the last token).
+        """
+        limit = max_length or self.max_length
+        encoded = [self._fit(self.encode(t), limit, truncate, i) for i, t in enumerate(texts)]
+        return self.pad(encoded, pad_to_multiple_of)
+
+    def pad(self, sequences: Sequence[Sequence[int]], pad_to_multiple_of: int | None = None) -> BatchEncoding:
+        """Pad id sequences into arrays with an attention mask and segment ids."""
+        length = max((len(s) for s in sequences), default=0)
+        if pad_to_multiple_of:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+        input_ids = np.full((len(sequences), length), self.pad_id, dtype=np.int64)
+        attention = np.zeros((len(sequences), length), dtype=np.int64)
+        segments = np.zeros((len(sequences), length), dtype=np.int64)
+        for row, ids in enumerate(sequences):
+            input_ids[row, : len(ids)] = ids
+            attention[row, : len(ids)] = 1
+            segments[row, : len(ids)] = self.segment_ids(ids)
+        return BatchEncoding(input_ids, attention, segments)
+
+    def _fit(self, ids: list[int], limit: int, truncate: bool, index: int) -> list[int]:
+        if len(ids) <= limit:
+            return ids
+        if not truncate:
+            raise ValueError(
+                f"sequence {index} has {len(ids)} tokens, more than max_length={limit}; "
+                "raise max_length or pass truncate=True"
+            )
+        return [*ids[: limit - 1], self.sep_id]
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "max_length": self.max_length,
+            "vocab_hash": self.vocab_hash,
+            "tokens": list(self.tokens),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the vocabulary as JSON (atomically: temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        os.replace(f.name, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "tokenizer dict") -> ScopeTokenizer:
+        if data.get("format") != FORMAT_NAME:
+            raise ValueError(f"{source}: not a SCOPE tokenizer (format={data.get('format')!r})")
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{source}: tokenizer format version {data.get('version')} is not supported "
+                f"(this code reads version {FORMAT_VERSION})"
+            )
+        tokenizer = cls(data["tokens"], max_length=int(data.get("max_length", DEFAULT_MAX_LENGTH)))
+        expected = data.get("vocab_hash")
+        if expected and expected != tokenizer.vocab_hash:
+            raise ValueError(f"{source}: vocabulary hash mismatch (file corrupted or edited)")
+        return tokenizer
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ScopeTokenizer:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read tokenizer JSON: {exc}") from exc
+        return cls.from_dict(data, source=str(path))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ScopeTokenizer) and self.tokens == other.tokens
+
+    def __hash__(self) -> int:
+        return hash(self.tokens)
+
+    def __repr__(self) -> str:
+        return f"ScopeTokenizer(vocab_size={self.vocab_size}, vocab_hash={self.vocab_hash[:12]})"
