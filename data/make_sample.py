@@ -117,11 +117,34 @@ def copy_cloud_reference(shared: Path) -> None:
         shutil.copyfile(shared / "cloud_reference" / name, dst / name)
 
 
+def pair_released_dielectric_strings(shared: Path) -> None:
+    """Record which Matbench row each released test-fold string was made from.
+
+    The released file has only the SCOPE string and the refractive index n; n identifies the
+    row when it is unique over the whole data set, which the sample alone cannot tell.
+    """
+    full = json.loads(gzip.open(shared / "matbench/matbench_dielectric.json.gz").read())
+    rows_by_n: dict[float, list[str]] = {}
+    for key, n in full["n"].items():
+        rows_by_n.setdefault(round(n, 8), []).append(key)
+    sample = json.loads(gzip.open(HERE / "matbench/matbench_dielectric_sample.json.gz").read())
+    with open(shared / "cloud_reference/finetune_dielectric_test.csv", newline="") as f:
+        released = list(csv.DictReader(f))
+    out = HERE / "cloud_reference/finetune_dielectric_test_pairs.csv"
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["matbench_row", "mb_id", "scope"])
+        for row in released:
+            keys = rows_by_n.get(round(float(row["n"]), 8), [])
+            if len(keys) == 1 and keys[0] in sample["n"]:
+                writer.writerow([keys[0], f"mb-dielectric-{int(keys[0]) + 1:04d}", row["scope"]])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared" / "data")
     shared = parser.parse_args().shared
-    for step in (sample_matbench, sample_corpus, sample_petretto, sample_phonondb, sample_aflow, copy_cloud_reference):
+    for step in (sample_matbench, sample_corpus, sample_petretto, sample_phonondb, sample_aflow, copy_cloud_reference, pair_released_dielectric_strings):
         step(shared)
         print(f"done: {step.__name__}")
 

@@ -34,3 +34,36 @@ def shared_data() -> Path:
             "CI has it, a user's clone does not)"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session, on loopback only (see the env above)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory: pytest.TempPathFactory, ray_session) -> Path:
+    """WebDataset shards built once from the shipped corpus sample (2,986 real structures)."""
+    from cluster.corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("sample_corpus")
+    build_corpus(
+        [REPO_DATA / "corpus" / "structures_sample.jsonl.gz"],
+        out,
+        shard_size=500,
+        workers=2,
+        ray_address="auto",
+        variants=("cloud", "canonical"),
+        progress=False,
+    )
+    return out
