@@ -1,0 +1,359 @@
+"""The CLOUD encoder: a BERT-style transformer over SCOPE token ids, written for speed.
+
+Two layouts share one set of modules (and so one parameter count and state-dict layout):
+
+* ``prenorm=True`` (default, for new pre-training): ``x + f(LN(x))`` residual blocks and a
+  final LayerNorm, which trains stably at depth without warm-up tricks.
+* ``prenorm=False``: the exact post-LN BERT layout ``LN(x + f(x))``, used to import the
+  released Hugging Face CLOUD checkpoint (see ``cloud.hf``).
+
+Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` with a per-batch
+``[B, 1, 1, T]`` key-padding mask, so the fused kernels pick the fastest path and no per-head
+mask is ever materialised. Pure PyTorch: distributed wrapping lives in ``train/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IGNORE_INDEX = -100
+"""Label value of positions that are not predicted (not masked), as in BERT / PyTorch CE."""
+
+
+@dataclass
+class CloudConfig:
+    """Shape and regularisation of a CLOUD model; JSON-safe through ``to_dict``/``from_dict``."""
+
+    vocab_size: int
+    """Number of token ids (the SCOPE tokenizer's vocabulary, special tokens included)."""
+    max_position_embeddings: int = 128
+    """Longest sequence the learned position table covers, [CLS] and [SEP] included."""
+    hidden_size: int = 768
+    """Width d of the residual stream."""
+    num_layers: int = 12
+    """Number of transformer blocks."""
+    num_heads: int = 12
+    """Attention heads per block; must divide hidden_size."""
+    intermediate_size: int = 3072
+    """Inner width of the GELU MLP."""
+    hidden_dropout: float = 0.1
+    """Dropout on embeddings and on each residual branch (training mode only)."""
+    attention_dropout: float = 0.1
+    """Dropout on attention probabilities (training mode only)."""
+    layer_norm_eps: float = 1e-12
+    """LayerNorm epsilon; 1e-12 is BERT's value and what the released checkpoint used."""
+    prenorm: bool = True
+    """Pre-LayerNorm blocks plus a final LayerNorm; False gives the exact post-LN BERT layout."""
+    num_segments: int = 3
+    """Segment-embedding rows: 0 = none; 3 = generator / Wyckoff / composition segments
+    (ids 0 / 1 / 2). BERT's token_type embeddings map onto these."""
+    pad_token_id: int = 0
+    """Id of the padding token; its embedding row starts at zero."""
+    tie_word_embeddings: bool = True
+    """Share the MLM decoder weight with the input word embeddings."""
+    initializer_range: float = 0.02
+    """Standard deviation of the normal init of linear and embedding weights."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"CloudConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.num_layers < 0 or self.intermediate_size <= 0 or self.num_segments < 0:
+            raise ValueError(
+                "CloudConfig needs num_layers >= 0, intermediate_size > 0 and num_segments >= 0"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id {self.pad_token_id} outside [0, {self.vocab_size})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> CloudConfig:
+        """Inverse of ``to_dict``; unknown keys are an error, not silently dropped."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown CloudConfig key(s) {unknown}; valid keys are {sorted(known)}"
+            )
+        return cls(**values)
+
+
+class Embeddings(nn.Module):
+    """Word + learned position (+ segment) embeddings, then LayerNorm and dropout (as BERT)."""
+
+    def __init__(self, config: CloudConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.segment = (
+            nn.Embedding(config.num_segments, config.hidden_size) if config.num_segments else None
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None) -> Tensor:
+        seq_len = input_ids.shape[1]
+        if seq_len > self.position.num_embeddings:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds max_position_embeddings "
+                f"{self.position.num_embeddings}"
+            )
+        positions = torch.arange(seq_len, device=input_ids.device)
+        x = self.word(input_ids) + self.position(positions)
+        x = x + self._segment_embedding(input_ids, segment_ids)
+        return self.dropout(self.norm(x))
+
+    def _segment_embedding(self, input_ids: Tensor, segment_ids: Tensor | None) -> Tensor | float:
+        if self.segment is None:
+            if segment_ids is not None:
+                raise ValueError("segment_ids given but the config has num_segments=0")
+            return 0.0
+        if segment_ids is None:
+            # Same default as BERT's token_type_ids: everything in segment 0, which keeps
+            # imported checkpoints exact when the caller has no segment information.
+            return self.segment.weight[0]
+        return self.segment(segment_ids)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection and SDPA."""
+
+    def __init__(self, config: CloudConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.dropout_p = config.attention_dropout
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        batch, seq_len, width = x.shape
+        qkv = self.qkv(x).view(batch, seq_len, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, head_dim]
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=self.dropout_p if self.training else 0.0
+        )
+        return self.out(attended.transpose(1, 2).reshape(batch, seq_len, width))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: Linear → GELU (exact erf form, as BERT) → Linear."""
+
+    def __init__(self, config: CloudConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    """One transformer block, pre-LN or post-LN depending on ``config.prenorm``."""
+
+    def __init__(self, config: CloudConfig) -> None:
+        super().__init__()
+        self.prenorm = config.prenorm
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        if self.prenorm:
+            x = x + self.dropout(self.attention(self.attention_norm(x), key_mask))
+            return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        x = self.attention_norm(x + self.dropout(self.attention(x, key_mask)))
+        return self.mlp_norm(x + self.dropout(self.mlp(x)))
+
+
+def key_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """[B, T] 1/0 (or bool) mask → boolean [B, 1, 1, T] SDPA mask, True = may attend.
+
+    Broadcast over heads and queries, so SDPA never sees a per-head copy. Padded query rows
+    still attend to the real keys (their outputs are ignored), so no row is fully masked and
+    no NaN appears as long as every sequence has at least one real token.
+    """
+    if attention_mask is None:
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+class CloudModel(nn.Module):
+    """The encoder: embeddings and blocks; returns the last hidden states [B, T, d]."""
+
+    def __init__(self, config: CloudConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        # Pre-LN leaves the residual stream un-normalised; post-LN BERT already ends on an LN.
+        self.final_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.prenorm else None
+        )
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+    ) -> Tensor:
+        """input_ids [B, T]; attention_mask [B, T] with 1 on real tokens (None = no padding);
+        segment_ids [B, T] in [0, num_segments) or None (= segment 0)."""
+        key_mask = key_padding_mask(attention_mask)
+        x = self.embeddings(input_ids, segment_ids)
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+    ) -> Tensor:
+        """The [CLS] embedding (position 0) of each sequence, [B, d], for fine-tuning heads."""
+        return self.forward(input_ids, attention_mask, segment_ids)[:, 0]
+
+    def init_weights(self) -> None:
+        """Re-initialise every parameter: normal(0, initializer_range), zero biases, LN ones."""
+        init_weights_of(self, self.config)
+        with torch.no_grad():
+            # Padding carries no information; starting its row at zero matches BERT.
+            self.embeddings.word.weight[self.config.pad_token_id].zero_()
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The lookup tables (word, position, segment): excluded from non-embedding counts."""
+        tables = [self.embeddings.word, self.embeddings.position, self.embeddings.segment]
+        return [table.weight for table in tables if table is not None]
+
+
+def init_module(module: nn.Module, config: CloudConfig) -> None:
+    """BERT initialisation of one module (meant for ``Module.apply``)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=config.initializer_range)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=config.initializer_range)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def init_weights_of(module: nn.Module, config: CloudConfig) -> None:
+    """Apply ``init_module`` to ``module`` and all its children."""
+    module.apply(lambda child: init_module(child, config))
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's MLM head: dense → GELU → LayerNorm → decoder (tied to embeddings) + bias."""
+
+    def __init__(self, config: CloudConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.decoder(self.norm(F.gelu(self.dense(hidden))))
+
+
+@dataclass
+class MaskedLMOutput:
+    """What ``CloudForMaskedLM.forward`` returns."""
+
+    logits: Tensor
+    """Without labels: [B, T, V]. With labels: [N, V], one row per position whose label is not
+    -100, in row-major (batch, then position) order; ``masked_labels`` holds their targets."""
+    loss: Tensor | None = None
+    """Mean cross-entropy over the predicted positions; None without labels."""
+    hidden_states: Tensor | None = None
+    """Last encoder hidden states [B, T, d] (after the final LayerNorm when pre-LN)."""
+    masked_labels: Tensor | None = None
+    """[N] targets aligned with ``logits`` rows when labels are given (for accuracy metrics)."""
+
+
+class CloudForMaskedLM(nn.Module):
+    """CLOUD encoder plus the BERT MLM head; the pre-training model."""
+
+    def __init__(self, config: CloudConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = CloudModel(config)
+        self.head = MaskedLMHead(config)
+        init_weights_of(self.head, config)
+        if config.tie_word_embeddings:
+            # Same Parameter object: one storage, one gradient, one optimiser state.
+            self.head.decoder.weight = self.encoder.embeddings.word.weight
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+    ) -> MaskedLMOutput:
+        """MLM forward. With ``labels`` ([B, T], -100 where not predicted) the vocabulary
+        projection runs only at predicted positions, so ``logits`` is [N, V] (see
+        ``MaskedLMOutput``); without labels ``logits`` is the full [B, T, V]."""
+        hidden = self.encoder(input_ids, attention_mask, segment_ids)
+        if labels is None:
+            return MaskedLMOutput(logits=self.head(hidden), hidden_states=hidden)
+        predicted = labels != IGNORE_INDEX
+        targets = labels[predicted]
+        logits = self.head(hidden[predicted])
+        return MaskedLMOutput(
+            logits=logits,
+            loss=masked_lm_loss(logits, targets),
+            hidden_states=hidden,
+            masked_labels=targets,
+        )
+
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+    ) -> Tensor:
+        """The [CLS] embedding (position 0) of each sequence, [B, d]."""
+        return self.encoder.encode(input_ids, attention_mask, segment_ids)
+
+    def init_weights(self) -> None:
+        """Re-initialise every parameter (the tied decoder follows the word embeddings)."""
+        # Head first: when tied, its decoder weight *is* the word table the encoder then sets.
+        init_weights_of(self.head, self.config)
+        self.encoder.init_weights()
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Input lookup tables, plus the decoder weight when it is a separate output table."""
+        tables = self.encoder.embedding_parameters()
+        if not self.config.tie_word_embeddings:
+            tables.append(self.head.decoder.weight)
+        return tables
+
+
+def masked_lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy over predicted rows; 0 (not NaN) when a batch predicts nothing."""
+    total = F.cross_entropy(logits.float(), targets, reduction="sum")
+    return total / max(targets.numel(), 1)
