@@ -38,6 +38,11 @@ PHONONDB_ROWS = 300
 AFLOW_ROWS = {"train": 400, "val": 80, "test": 80}
 
 
+def read_gz_json(path: Path) -> object:
+    with gzip.open(path, "rb") as f:
+        return json.loads(f.read())
+
+
 def write_gz_json(path: Path, obj: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.GzipFile(path, "wb", mtime=0) as f:
@@ -45,20 +50,26 @@ def write_gz_json(path: Path, obj: object) -> None:
 
 
 def sample_matbench(shared: Path) -> None:
-    full = json.loads(gzip.open(shared / "matbench/matbench_dielectric.json.gz").read())
+    full = read_gz_json(shared / "matbench/matbench_dielectric.json.gz")
     keep = sorted(set(range(DIELECTRIC_ROWS)) | set(ROBUST_DIELECTRIC_ROWS))
     sample = {col: {str(i): values[str(i)] for i in keep} for col, values in full.items()}
     write_gz_json(HERE / "matbench/matbench_dielectric_sample.json.gz", sample)
-    phonons = json.loads(gzip.open(shared / "matbench/matbench_phonons.json.gz").read())
+    phonons = read_gz_json(shared / "matbench/matbench_phonons.json.gz")
     write_gz_json(HERE / "matbench/matbench_phonons_sample.json.gz", phonons[:PHONONS_ROWS])
-    for name in ("matbench_v0.1_validation_dielectric_phonons.json", "matbench_v0.1_dataset_metadata.json"):
+    for name in (
+        "matbench_v0.1_validation_dielectric_phonons.json",
+        "matbench_v0.1_dataset_metadata.json",
+    ):
         shutil.copyfile(shared / "matbench" / name, HERE / "matbench" / name)
 
 
 def sample_corpus(shared: Path) -> None:
     out = HERE / "corpus/structures_sample.jsonl.gz"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(shared / "corpus/structures.jsonl.gz", "rt") as src, gzip.GzipFile(out, "wb", mtime=0) as dst:
+    with (
+        gzip.open(shared / "corpus/structures.jsonl.gz", "rt") as src,
+        gzip.GzipFile(out, "wb", mtime=0) as dst,
+    ):
         for i, line in enumerate(src):
             if i % CORPUS_EVERY == 0:
                 dst.write(line.encode())
@@ -113,7 +124,12 @@ def _csv_cell(value: str) -> str:
 def copy_cloud_reference(shared: Path) -> None:
     dst = HERE / "cloud_reference"
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("LICENSE", "finetune_dielectric_test.csv", "pretrain_cloud_10k.csv", "cloud_cv_test.csv"):
+    for name in (
+        "LICENSE",
+        "finetune_dielectric_test.csv",
+        "pretrain_cloud_10k.csv",
+        "cloud_cv_test.csv",
+    ):
         shutil.copyfile(shared / "cloud_reference" / name, dst / name)
 
 
@@ -123,11 +139,11 @@ def pair_released_dielectric_strings(shared: Path) -> None:
     The released file has only the SCOPE string and the refractive index n; n identifies the
     row when it is unique over the whole data set, which the sample alone cannot tell.
     """
-    full = json.loads(gzip.open(shared / "matbench/matbench_dielectric.json.gz").read())
+    full = read_gz_json(shared / "matbench/matbench_dielectric.json.gz")
     rows_by_n: dict[float, list[str]] = {}
     for key, n in full["n"].items():
         rows_by_n.setdefault(round(n, 8), []).append(key)
-    sample = json.loads(gzip.open(HERE / "matbench/matbench_dielectric_sample.json.gz").read())
+    sample = read_gz_json(HERE / "matbench/matbench_dielectric_sample.json.gz")
     with open(shared / "cloud_reference/finetune_dielectric_test.csv", newline="") as f:
         released = list(csv.DictReader(f))
     out = HERE / "cloud_reference/finetune_dielectric_test_pairs.csv"
@@ -144,7 +160,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared" / "data")
     shared = parser.parse_args().shared
-    for step in (sample_matbench, sample_corpus, sample_petretto, sample_phonondb, sample_aflow, copy_cloud_reference, pair_released_dielectric_strings):
+    for step in (
+        sample_matbench,
+        sample_corpus,
+        sample_petretto,
+        sample_phonondb,
+        sample_aflow,
+        copy_cloud_reference,
+        pair_released_dielectric_strings,
+    ):
         step(shared)
         print(f"done: {step.__name__}")
 

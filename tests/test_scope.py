@@ -35,7 +35,8 @@ def perovskite(a_site: str, b_site: str) -> Structure:
 
 
 def load_matbench_dielectric(path: Path) -> dict[str, tuple[dict, float]]:
-    data = json.loads(gzip.open(path).read())
+    with gzip.open(path, "rb") as f:
+        data = json.loads(f.read())
     return {key: (data["structure"][key], data["n"][key]) for key in data["structure"]}
 
 
@@ -71,7 +72,9 @@ def test_full_variant_lists_every_site(rock_salt: Structure) -> None:
     assert text.endswith("| Na Na Na Na Cl Cl Cl Cl")
 
 
-def test_cloud_strings_equal_released_ones_on_the_shipped_dielectric_sample(repo_data: Path) -> None:
+def test_cloud_strings_equal_released_ones_on_the_shipped_dielectric_sample(
+    repo_data: Path,
+) -> None:
     # The pairing (by n, unique over the full set) was recorded by data/make_sample.py.
     rows = load_matbench_dielectric(repo_data / "matbench/matbench_dielectric_sample.json.gz")
     with open(repo_data / "cloud_reference/finetune_dielectric_test_pairs.csv", newline="") as f:
@@ -120,7 +123,9 @@ def test_canonical_says_which_element_sits_on_which_orbit() -> None:
     assert encode(swapped, "canonical") != encode(perovskite("Sr", "Ti"), "canonical")
 
 
-def test_canonical_chooses_one_of_the_normalizer_equivalent_assignments(rock_salt: Structure) -> None:
+def test_canonical_chooses_one_of_the_normalizer_equivalent_assignments(
+    rock_salt: Structure,
+) -> None:
     # Na 4a + Cl 4b and Na 4b + Cl 4a are the same crystal: one string for both.
     shifted = Structure(rock_salt.lattice, rock_salt.species, rock_salt.frac_coords + 0.5)
     assert encode(shifted, "canonical") == encode(rock_salt, "canonical")
@@ -162,9 +167,13 @@ def transformed(structure: Structure, data: st.DataObject) -> Structure:
     if cell == "primitive":
         structure = SpacegroupAnalyzer(structure, symprec=0.01).get_primitive_standard_structure()
     elif cell == "conventional":
-        structure = SpacegroupAnalyzer(structure, symprec=0.01).get_conventional_standard_structure()
+        structure = SpacegroupAnalyzer(
+            structure, symprec=0.01
+        ).get_conventional_standard_structure()
     elif cell == "supercell":
-        scaling = data.draw(st.sampled_from([[2, 1, 1], [1, 2, 1], [[1, 1, 0], [0, 1, 0], [0, 0, 1]]]))
+        scaling = data.draw(
+            st.sampled_from([[2, 1, 1], [1, 2, 1], [[1, 1, 0], [0, 1, 0], [0, 0, 1]]])
+        )
         structure = structure.copy()
         structure.make_supercell(scaling)
     angle = st.floats(0, 2 * np.pi, allow_nan=False)
@@ -222,13 +231,22 @@ def test_unknown_variant_is_refused(rock_salt: Structure) -> None:
         ("1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a 4b | Na 0.5 Cl", "pairs"),
         ("1 6 Q | 4a | Na 1.0", "is not the generator code"),
         ("16 6 a | 4a | Na 1.0", "token 0: '16' is not one character"),
-        (ROCK_SALT_CLOUD.replace("4b", "5z"), "token 1: '5z' is not a Wyckoff position of space group 225"),
+        (
+            ROCK_SALT_CLOUD.replace("4b", "5z"),
+            "token 1: '5z' is not a Wyckoff position of space group 225",
+        ),
         (ROCK_SALT_CLOUD.replace("Cl 0.5", "Qq 0.5"), "token 2: 'Qq' is not a chemical element"),
         (ROCK_SALT_CLOUD.replace("Cl 0.5", "Cl 0.9"), "fractions sum to 1.400"),
         (ROCK_SALT_CLOUD.replace("Cl 0.5", "Cl half"), "token 3: 'half' is not a fraction"),
         (ROCK_SALT_CLOUD.replace("4a 4b", "4a 4a"), "writes each symbol once"),
-        ("1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a 4b | Na Na Cl", "2 Wyckoff symbols but 3 species"),
-        ("1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a Na 4b | Na 1.0", "symbol/element pairs"),
+        (
+            "1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a 4b | Na Na Cl",
+            "2 Wyckoff symbols but 3 species",
+        ),
+        (
+            "1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a Na 4b | Na 1.0",
+            "symbol/element pairs",
+        ),
     ],
 )
 def test_malformed_strings_say_what_is_wrong_and_where(text: str, message: str) -> None:

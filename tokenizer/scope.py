@@ -173,7 +173,8 @@ def canonical_orbits(symmetry: Symmetry) -> list[tuple[str, str]]:
     number) pairs. Multiplicities do not change under these permutations.
     """
     orbits = [
-        (symmetry.wyckoff_letters[i], symmetry.elements[i]) for i in sorted(set(symmetry.orbit_of_site))
+        (symmetry.wyckoff_letters[i], symmetry.elements[i])
+        for i in sorted(set(symmetry.orbit_of_site))
     ]
     best: list[tuple[int, int, str, str]] | None = None
     for mapping in tables.letter_permutations()[symmetry.space_group]:
@@ -286,7 +287,9 @@ def _parse_generator(tokens: list[str]) -> tuple[int, str]:
     code = "".join(tokens)
     group = tables.group_of_generator().get(code)
     if group is None:
-        raise ScopeError(f"generator segment: {code!r} is not the generator code of any space group")
+        raise ScopeError(
+            f"generator segment: {code!r} is not the generator code of any space group"
+        )
     return group, code
 
 
@@ -298,7 +301,9 @@ def _infer_variant(wyk_tokens: list[str], comp_tokens: list[str]) -> str:
     return "cloud"
 
 
-def _parse_symbols(space_group: int, tokens: list[str], offset: int = 0, step: int = 1) -> tuple[str, ...]:
+def _parse_symbols(
+    space_group: int, tokens: list[str], offset: int = 0, step: int = 1
+) -> tuple[str, ...]:
     if not tokens:
         raise ScopeError("wyckoff segment is empty")
     valid = set(tables.wyckoff_symbols()[space_group].values())

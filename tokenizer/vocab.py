@@ -154,7 +154,9 @@ class ScopeTokenizer:
         encoded = [self._fit(self.encode(t), limit, truncate, i) for i, t in enumerate(texts)]
         return self.pad(encoded, pad_to_multiple_of)
 
-    def pad(self, sequences: Sequence[Sequence[int]], pad_to_multiple_of: int | None = None) -> BatchEncoding:
+    def pad(
+        self, sequences: Sequence[Sequence[int]], pad_to_multiple_of: int | None = None
+    ) -> BatchEncoding:
         """Pad id sequences into arrays with an attention mask and segment ids."""
         length = max((len(s) for s in sequences), default=0)
         if pad_to_multiple_of:

@@ -37,9 +37,7 @@ def alternatives_of(group: int, letters: list[str]) -> list[str]:
 
 def main() -> None:
     multiplicities = json.loads(MULTIPLICITIES.read_text())
-    table = {
-        str(n): alternatives_of(n, letters_of(n, multiplicities)) for n in range(1, 231)
-    }
+    table = {str(n): alternatives_of(n, letters_of(n, multiplicities)) for n in range(1, 231)}
     TABLE.write_text(json.dumps(table, indent=0, sort_keys=False) + "\n")
     print(f"wrote {TABLE} ({sum(len(v) for v in table.values())} permutations)")
 
