@@ -145,7 +145,7 @@ def analyze(
         wyckoff_letters=tuple(dataset.wyckoffs),
         orbit_of_site=tuple(int(i) for i in dataset.crystallographic_orbits),
         elements=elements,
-        el_amt=tuple(structure.composition.fractional_composition.get_el_amt_dict().items()),
+        el_amt=_fractional_composition(elements),
     )
 
 
@@ -196,8 +196,10 @@ def _canonical_el_amt(symmetry: Symmetry) -> list[tuple[str, float]]:
 
 
 def _composition_text(el_amt: Any) -> str:
-    # str(numpy.round(x, 2)) is what the released corpus wrote: "0.5", "0.33", "1.0".
-    return " ".join(f"{el} {np.round(amount, 2)}" for el, amount in el_amt)
+    # str(numpy.round(x, 2)) is what the released corpus wrote: "0.5", "0.33", "1.0"; numpy
+    # rounds halves differently from Python's round(), so numpy it is, in one vectorised call.
+    rounded = np.round(np.array([amount for _, amount in el_amt], dtype=float), 2)
+    return " ".join(f"{el} {x}" for (el, _), x in zip(el_amt, rounded, strict=True))
 
 
 def _check_variant(variant: str) -> None:
@@ -206,31 +208,47 @@ def _check_variant(variant: str) -> None:
 
 
 def _cell_arrays(structure: Structure) -> tuple[np.ndarray, np.ndarray, list[int], tuple[str, ...]]:
-    """Lattice, fractional coordinates, atomic numbers and element symbols, validated."""
+    """Lattice, fractional coordinates, atomic numbers and element symbols, validated.
+
+    One pass over the sites: pymatgen's ``site.specie`` and ``structure.is_ordered`` each
+    re-check the occupancy of every site, which costs as much as a third of spglib's search.
+    """
     if len(structure) == 0:
         raise ScopeError("structure has no sites")
-    if not structure.is_ordered:
-        disordered = next(i for i, site in enumerate(structure) if not site.is_ordered)
-        raise ScopeError(
-            f"partial occupancy: site {disordered} is {structure[disordered].species.formula!r}; "
-            "SCOPE encodes ordered crystals only"
-        )
+    elements: list[str] = []
+    numbers: list[int] = []
+    for i, site in enumerate(structure):
+        species = site.species
+        if len(species) != 1 or species.num_atoms != 1:
+            raise ScopeError(
+                f"partial occupancy: site {i} is {species.formula!r}; "
+                "SCOPE encodes ordered crystals only"
+            )
+        symbol = next(iter(species)).symbol
+        number = ATOMIC_NUMBER.get(symbol)
+        if number is None:
+            raise ScopeError(f"site {i}: {symbol!r} is not a chemical element")
+        elements.append(symbol)
+        numbers.append(number)
     lattice = np.asarray(structure.lattice.matrix, dtype=float)
     frac = np.asarray(structure.frac_coords, dtype=float)
     if not (np.isfinite(lattice).all() and np.isfinite(frac).all()):
         raise ScopeError("lattice or coordinates contain NaN or infinity")
     if abs(np.linalg.det(lattice)) < 1e-8:
         raise ScopeError("lattice is singular (zero cell volume)")
-    elements: list[str] = []
-    numbers: list[int] = []
-    for i, site in enumerate(structure):
-        symbol = getattr(site.specie, "symbol", str(site.specie))
-        symbol = getattr(getattr(site.specie, "element", None), "symbol", symbol)
-        if symbol not in ATOMIC_NUMBER:
-            raise ScopeError(f"site {i}: {site.specie!s} is not a chemical element")
-        elements.append(symbol)
-        numbers.append(ATOMIC_NUMBER[symbol])
     return lattice, frac, numbers, tuple(elements)
+
+
+def _fractional_composition(elements: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    """Element fractions in first-appearance order.
+
+    Equal, value and order, to pymatgen's ``composition.fractional_composition
+    .get_el_amt_dict()`` for ordered structures (occupancies are all 1), without building
+    two Composition objects per structure.
+    """
+    counts = Counter(elements)
+    total = float(len(elements))
+    return tuple((el, n / total) for el, n in counts.items())
 
 
 def _symmetry_dataset(spglib: Any, cell: tuple, symprec: float, angle_tolerance: float) -> Any:
