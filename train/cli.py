@@ -7,7 +7,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES: tuple[str, ...] = ("train.commands.scope",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "train.commands.scope",
+    "train.commands.scaling",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
