@@ -137,12 +137,16 @@ def main() -> None:
             "released": (released_encode, structures),
             "ours": (encode, structures),
             "canonical": (lambda s: encode(s, "canonical"), structures),
+            "canonical_moyo": (lambda s: encode(s, "canonical", engine="moyo"), structures),
             "floor": (bare_spglib, cells),
         },
         args.repeats,
     )
-    released, ours, canonical, floor = (
-        measured[k] for k in ("released", "ours", "canonical", "floor")
+    released, ours, canonical, floor, canonical_moyo = (
+        measured[k] for k in ("released", "ours", "canonical", "floor", "canonical_moyo")
+    )
+    same_canonical = sum(
+        encode(s, "canonical", engine="moyo") == encode(s, "canonical") for s in structures
     )
     moyo = moyo_agreement(cells)
 
@@ -158,6 +162,7 @@ def main() -> None:
         ("released (SpacegroupAnalyzer)", released),
         ("ours, cloud", ours),
         ("ours, canonical", canonical),
+        ("ours, canonical, moyo engine", canonical_moyo),
         ("bare spglib.get_symmetry_dataset", floor),
     ):
         print(f"{name:<34}{value:>14.1f}{value / released:>12.2f}x{value / floor:>10.2f}x")
@@ -170,6 +175,10 @@ def main() -> None:
             f"moyo agreement with spglib: space group {moyo['same_space_group']:.1%}, "
             f"Wyckoff letters {moyo['same_wyckoff_letters']:.1%}"
         )
+    print(
+        f"canonical strings, moyo engine = spglib engine: {same_canonical / len(structures):.1%} "
+        f"of {len(structures)}"
+    )
     print(
         f"targets: ours/released >= 1.10 -> {ours / released:.2f}; ours/spglib >= 0.85 -> {ours / floor:.2f}"
     )

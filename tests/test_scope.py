@@ -262,3 +262,24 @@ def test_every_variant_round_trips_through_parse(robust_structures: list[Structu
             assert scope.variant == variant
             assert scope.space_group == symmetry.space_group
             assert scope.to_text() == text
+
+
+# ------------------------------------------------------------------ symmetry engines
+
+
+def test_moyo_engine_gives_the_same_canonical_strings(robust_structures: list[Structure]) -> None:
+    pytest.importorskip("moyopy")
+    different = [
+        s.formula
+        for s in robust_structures
+        if encode(s, "canonical", engine="moyo") != encode(s, "canonical")
+    ]
+    assert different == []
+
+
+def test_moyo_engine_is_refused_for_the_released_variants(rock_salt: Structure) -> None:
+    for variant in ("cloud", "full"):
+        with pytest.raises(ScopeError, match="use engine='spglib'"):
+            encode(rock_salt, variant, engine="moyo")
+    with pytest.raises(ScopeError, match="unknown symmetry engine 'fast'"):
+        encode(rock_salt, "canonical", engine="fast")

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 VARIANTS: tuple[str, ...] = ("cloud", "full", "canonical")
+ENGINES: tuple[str, ...] = ("spglib", "moyo")
+# Variants whose strings depend on which of the normalizer-equivalent Wyckoff settings the
+# symmetry search picks; only spglib's pick reproduces the released strings.
+SPGLIB_ONLY_VARIANTS = frozenset({"cloud", "full"})
 SEPARATOR = " | "
 DEFAULT_SYMPREC = 0.01
 DEFAULT_ANGLE_TOLERANCE = 5.0
@@ -93,6 +97,7 @@ class Symmetry:
     orbit_of_site: tuple[int, ...]
     elements: tuple[str, ...]
     el_amt: tuple[tuple[str, float], ...]
+    engine: str = "spglib"
 
     @property
     def num_sites(self) -> int:
@@ -107,14 +112,21 @@ def encode(
     variant: str = "cloud",
     symprec: float = DEFAULT_SYMPREC,
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+    engine: str = "spglib",
 ) -> str:
     """The SCOPE string of a pymatgen ``Structure``.
+
+    ``engine="moyo"`` runs the symmetry search with moyopy (a Rust implementation, several
+    times faster) and is allowed for the canonical variant only, where the normalizer
+    minimisation removes the setting choice in which it differs from spglib
+    (``docs/performance.md`` has the measured agreement).
 
     Raises ``ScopeError`` naming the reason for structures that cannot be encoded: partial
     occupancy, no sites, non-finite lattice or coordinates, a failed symmetry search.
     """
     _check_variant(variant)
-    return format_variant(analyze(structure, symprec, angle_tolerance), variant)
+    _check_engine(engine, (variant,))
+    return format_variant(analyze(structure, symprec, angle_tolerance, engine), variant)
 
 
 def encode_variants(
@@ -122,11 +134,13 @@ def encode_variants(
     variants: tuple[str, ...] | list[str] = ("cloud",),
     symprec: float = DEFAULT_SYMPREC,
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+    engine: str = "spglib",
 ) -> tuple[Symmetry, dict[str, str]]:
     """Several variants from one symmetry search (the corpus builder's path)."""
     for variant in variants:
         _check_variant(variant)
-    symmetry = analyze(structure, symprec, angle_tolerance)
+    _check_engine(engine, variants)
+    symmetry = analyze(structure, symprec, angle_tolerance, engine)
     return symmetry, {v: format_variant(symmetry, v) for v in variants}
 
 
@@ -134,11 +148,15 @@ def analyze(
     structure: Structure,
     symprec: float = DEFAULT_SYMPREC,
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+    engine: str = "spglib",
 ) -> Symmetry:
-    """Run spglib once on a structure and keep what the SCOPE variants need."""
+    """Run the symmetry search once on a structure and keep what the SCOPE variants need."""
+    _check_engine(engine, ())
+    lattice, frac, numbers, elements = _cell_arrays(structure)
+    if engine == "moyo":
+        return _moyo_symmetry(lattice, frac, numbers, elements, symprec, angle_tolerance)
     import spglib
 
-    lattice, frac, numbers, elements = _cell_arrays(structure)
     dataset = _symmetry_dataset(spglib, (lattice, frac, numbers), symprec, angle_tolerance)
     return Symmetry(
         space_group=int(dataset.number),
@@ -152,6 +170,7 @@ def analyze(
 def format_variant(symmetry: Symmetry, variant: str) -> str:
     """Write a SCOPE string of the given variant from a symmetry analysis."""
     _check_variant(variant)
+    _check_engine(symmetry.engine, (variant,))
     generator = " ".join(tables.generators()[symmetry.space_group])
     symbols = tables.wyckoff_symbols()[symmetry.space_group]
     if variant == "cloud":
@@ -200,6 +219,47 @@ def _composition_text(el_amt: Any) -> str:
     # rounds halves differently from Python's round(), so numpy it is, in one vectorised call.
     rounded = np.round(np.array([amount for _, amount in el_amt], dtype=float), 2)
     return " ".join(f"{el} {x}" for (el, _), x in zip(el_amt, rounded, strict=True))
+
+
+def _check_engine(engine: str, variants: tuple[str, ...] | list[str]) -> None:
+    if engine not in ENGINES:
+        raise ScopeError(f"unknown symmetry engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    bound = sorted(SPGLIB_ONLY_VARIANTS.intersection(variants))
+    if engine != "spglib" and bound:
+        raise ScopeError(
+            f"the {', '.join(bound)} variant(s) reproduce the released strings, whose Wyckoff "
+            f"letters are spglib's choice of setting; use engine='spglib' (engine={engine!r} "
+            "is for the canonical variant)"
+        )
+
+
+def _moyo_symmetry(
+    lattice: np.ndarray,
+    frac: np.ndarray,
+    numbers: list[int],
+    elements: tuple[str, ...],
+    symprec: float,
+    angle_tolerance: float,
+) -> Symmetry:
+    import moyopy
+
+    # moyo has no element 0; the dummy species X gets a number no element uses.
+    species = [n if n > 0 else 200 for n in numbers]
+    try:
+        cell = moyopy.Cell(lattice.tolist(), frac.tolist(), species)
+        dataset = moyopy.MoyoDataset(
+            cell, symprec=symprec, angle_tolerance=math.radians(angle_tolerance)
+        )
+    except Exception as exc:  # moyopy raises its own error types
+        raise ScopeError(f"symmetry search (moyo) failed at symprec={symprec}: {exc}") from exc
+    return Symmetry(
+        space_group=int(dataset.number),
+        wyckoff_letters=tuple(dataset.wyckoffs),
+        orbit_of_site=tuple(int(i) for i in dataset.orbits),
+        elements=elements,
+        el_amt=_fractional_composition(elements),
+        engine="moyo",
+    )
 
 
 def _check_variant(variant: str) -> None:

@@ -1,0 +1,320 @@
+"""Streaming batches of SCOPE token ids from corpus shards, for pretraining.
+
+``CorpusStream`` reads the WebDataset shards of ``cloud corpus build`` and yields padded
+batches. Everything about the order is a function of ``seed``, the epoch, the rank and the
+reader (dataloader worker): each epoch shuffles the shard list with ``seed + epoch``, deals it
+to ranks and then to workers (each shard goes to exactly one reader), and each reader shuffles
+its samples with a seeded buffer and cuts batches. The main process takes the readers' batches
+in a fixed round-robin, so the stream is reproducible and ``state_dict()`` can say exactly
+where it is: a restored stream makes each reader skip the batches it had already delivered
+(without decoding them) and yields exactly the batches an uninterrupted stream would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from cluster.manifest import MANIFEST_NAME, shard_paths
+from cluster.manifest import read_manifest as _read_manifest
+
+if TYPE_CHECKING:
+    from tokenizer.vocab import ScopeTokenizer
+
+Batch = dict[str, torch.Tensor]
+STATE_VERSION = 1
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The validated ``manifest.json`` of a corpus directory."""
+    return _read_manifest(directory)
+
+
+def split_train_val(
+    manifest_dir: str | os.PathLike[str], val_shards: int = 1
+) -> tuple[list[Path], list[Path]]:
+    """Shard paths for training and validation: the last ``val_shards`` shards are held out."""
+    paths = shard_paths(manifest_dir, read_manifest(manifest_dir))
+    if not 0 <= val_shards < len(paths):
+        raise ValueError(
+            f"cannot hold out {val_shards} validation shard(s) of the {len(paths)} in "
+            f"{manifest_dir}: at least one must remain for training"
+        )
+    cut = len(paths) - val_shards
+    return paths[:cut], paths[cut:]
+
+
+class _Reader:
+    """What one reader (the main process or a dataloader worker) needs; cheap to pickle."""
+
+    def __init__(self, stream: CorpusStream) -> None:
+        self.shards = stream.shards
+        self.tokenizer = stream.tokenizer
+        self.batch_size = stream.batch_size
+        self.variant = stream.variant
+        self.rank = stream.rank
+        self.world_size = stream.world_size
+        self.readers = stream.readers
+        self.seed = stream.seed
+        self.shuffle_buffer = stream.shuffle_buffer
+        self.max_length = stream.max_length
+        self.drop_last = stream.drop_last
+        self._stored_ids_usable: dict[str, bool] = {}
+
+    def shards_for(self, epoch: int, reader: int) -> list[str]:
+        order = list(self.shards)
+        random.Random(self.seed + epoch).shuffle(order)
+        return order[self.rank :: self.world_size][reader :: self.readers]
+
+    def batches(self, epoch: int, reader: int, skip: int) -> Iterator[Batch]:
+        """This reader's batches of one epoch, the first ``skip`` of them left out undecoded."""
+        # str seeds are hashed with SHA-512: the same in every process, unlike hash().
+        rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{reader}")
+        stages: list[Any] = [
+            wds.SimpleShardList(self.shards_for(epoch, reader)),
+            wds.tarfile_to_samples(),
+        ]
+        if self.shuffle_buffer > 1:
+            stages.append(wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng))
+        chunk: list[dict[str, Any]] = []
+        for sample in wds.DataPipeline(*stages):
+            chunk.append(sample)
+            if len(chunk) < self.batch_size:
+                continue
+            if skip:
+                skip -= 1
+            else:
+                yield self.collate(chunk)
+            chunk = []
+        if chunk and not self.drop_last and not skip:
+            yield self.collate(chunk)
+
+    def collate(self, samples: list[dict[str, Any]]) -> Batch:
+        encoded = self.tokenizer.pad([self.token_ids(s) for s in samples])
+        return {
+            "input_ids": torch.from_numpy(encoded.input_ids),
+            "attention_mask": torch.from_numpy(encoded.attention_mask),
+            "segment_ids": torch.from_numpy(encoded.segment_ids),
+        }
+
+    def token_ids(self, sample: dict[str, Any]) -> list[int]:
+        """Stored ids when the shard's tokenizer is ours, else the SCOPE string re-tokenised."""
+        data = json.loads(sample["json"])
+        ids = None
+        if self.stored_ids_usable(sample["__url__"]):
+            ids = data.get("input_ids", {}).get(self.variant)
+        if ids is None:
+            scope = data.get("scope", {})
+            if self.variant not in scope:
+                raise ValueError(
+                    f"{sample['__url__']}: sample {sample['__key__']} has no {self.variant!r} "
+                    f"SCOPE string (it has {', '.join(scope) or 'none'}); build the corpus with "
+                    f"--variants {self.variant} or pick another variant"
+                )
+            ids = self.tokenizer.encode(scope[self.variant])
+        if len(ids) > self.max_length:  # keep [SEP] last, as the tokenizer truncates
+            ids = [*ids[: self.max_length - 1], ids[-1]]
+        return ids
+
+    def stored_ids_usable(self, shard: str) -> bool:
+        directory = os.path.dirname(os.path.abspath(shard))
+        usable = self._stored_ids_usable.get(directory)
+        if usable is None:
+            usable = False
+            if os.path.isfile(os.path.join(directory, MANIFEST_NAME)):
+                manifest = read_manifest(directory)
+                usable = manifest["tokenizer"]["vocab_hash"] == self.tokenizer.vocab_hash
+            self._stored_ids_usable[directory] = usable
+        return usable
+
+
+class _EpochDataset(IterableDataset):
+    """One epoch for torch's DataLoader workers; each worker tags its batches with its id and
+    ends with ``(id, None)`` so that the main process can merge them in a fixed order."""
+
+    def __init__(self, reader: _Reader, epoch: int, skips: list[int], live: list[int]) -> None:
+        super().__init__()
+        self.reader = reader
+        self.epoch = epoch
+        self.skips = skips
+        self.live = live
+
+    def __iter__(self) -> Iterator[tuple[int, Batch | None]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        if worker in self.live:
+            for batch in self.reader.batches(self.epoch, worker, self.skips[worker]):
+                yield worker, batch
+        yield worker, None
+
+
+class CorpusStream:
+    """An iterable of padded batches ``{"input_ids", "attention_mask", "segment_ids"}``
+    (LongTensor[B, T], T = the batch's longest sequence, at most ``max_length``).
+
+    ``rank``/``world_size`` split the shards between data-parallel ranks (explicitly, without
+    torch.distributed), ``num_workers`` between dataloader processes on each rank (0: read in
+    this process). ``epochs=None`` streams forever. Iterating again continues where the last
+    iteration stopped; ``state_dict()``/``load_state_dict()`` save and restore that position.
+
+    Shards are dealt whole, so ranks can see different numbers of batches in an epoch when the
+    shards differ in size or do not divide evenly: for data-parallel training stream forever
+    (``epochs=None``) and stop after a number of steps.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[str | os.PathLike[str]],
+        *,
+        tokenizer: ScopeTokenizer,
+        batch_size: int,
+        variant: str = "cloud",
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        max_length: int = 128,
+        epochs: int | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}"
+            )
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if max_length < 2:
+            raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
+        if epochs is not None and epochs < 0:
+            raise ValueError(f"epochs must be None (forever) or >= 0, got {epochs}")
+        self.shards = [str(p) for p in shards]
+        self.readers = max(1, num_workers)
+        needed = world_size * self.readers
+        if len(self.shards) < needed:
+            raise ValueError(
+                f"{len(self.shards)} shard(s) cannot feed world_size={world_size} rank(s) × "
+                f"max(1, num_workers={num_workers}) = {needed} readers: every reader needs at "
+                "least one shard (rebuild with a smaller --shard-size, or use fewer ranks or "
+                "workers)"
+            )
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.variant = variant
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.max_length = max_length
+        self.epochs = epochs
+        self.drop_last = drop_last
+        self._reader = _Reader(self)
+        self._start_epoch(0)
+
+    # ------------------------------------------------------------------ position
+
+    def _start_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+        self._reader_batches = [0] * self.readers
+        self._live = list(range(self.readers))
+        self._turn = 0
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is: the epoch and the batches consumed in it (per reader)."""
+        return {
+            "version": STATE_VERSION,
+            "epoch": self._epoch,
+            "batches": sum(self._reader_batches),
+            "reader_batches": list(self._reader_batches),
+            "live": list(self._live),
+            "turn": self._turn,
+            "config": self._config(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``; the stream must be configured as the one that saved it."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported CorpusStream state version {state.get('version')}")
+        if state["config"] != self._config():
+            different = sorted(k for k, v in self._config().items() if state["config"].get(k) != v)
+            raise ValueError(
+                "CorpusStream state was saved with another configuration "
+                f"(differs in: {', '.join(different)}); the position would not mean the same"
+            )
+        self._epoch = int(state["epoch"])
+        self._reader_batches = [int(n) for n in state["reader_batches"]]
+        self._live = [int(r) for r in state["live"]]
+        self._turn = int(state["turn"])
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "shards": [os.path.basename(s) for s in self.shards],
+            "batch_size": self.batch_size,
+            "variant": self.variant,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "readers": self.readers,
+            "seed": self.seed,
+            "shuffle_buffer": self.shuffle_buffer,
+            "max_length": self.max_length,
+            "drop_last": self.drop_last,
+            "vocab_hash": self.tokenizer.vocab_hash,
+        }
+
+    # ------------------------------------------------------------------ iteration
+
+    def __iter__(self) -> Iterator[Batch]:
+        while self.epochs is None or self._epoch < self.epochs:
+            yielded = False
+            for batch in self._epoch_batches():
+                yielded = True
+                yield batch
+            if not yielded and sum(self._reader_batches) == 0:
+                raise ValueError(
+                    f"rank {self.rank}: epoch {self._epoch} has no batch of {self.batch_size} "
+                    "samples (too few samples for this batch_size with drop_last=True)"
+                )
+            self._start_epoch(self._epoch + 1)
+
+    def _epoch_batches(self) -> Iterator[Batch]:
+        """Merge the readers' batches round-robin; a reader leaves the round when it ends."""
+        tagged = self._tagged_batches()
+        pending: dict[int, deque[Batch | None]] = {r: deque() for r in self._live}
+        while self._live:
+            reader = self._live[self._turn]
+            while not pending[reader]:
+                source, batch = next(tagged)
+                if source in pending:
+                    pending[source].append(batch)
+            batch = pending[reader].popleft()
+            if batch is None:
+                self._live.pop(self._turn)
+                self._turn = self._turn % len(self._live) if self._live else 0
+                continue
+            self._reader_batches[reader] += 1
+            self._turn = (self._turn + 1) % len(self._live)
+            yield batch
+
+    def _tagged_batches(self) -> Iterator[tuple[int, Batch | None]]:
+        dataset = _EpochDataset(
+            self._reader, self._epoch, list(self._reader_batches), list(self._live)
+        )
+        if self.num_workers == 0:
+            return iter(dataset)
+        return iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers))
