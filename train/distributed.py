@@ -1,0 +1,232 @@
+"""Process-group setup and DeepSpeed wrapping: every distributed concern of pre-training.
+
+``cloud/`` builds plain ``nn.Module``s; this module turns one into a DeepSpeed engine
+(ZeRO stage 0-3, bf16 on GPUs, fp32 on CPU over gloo, gradient accumulation and clipping)
+and brings up the process group, with or without a launcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# What torchrun / the deepspeed launcher export; without them we are a single process.
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    """Global rank."""
+    world_size: int
+    """Number of data-parallel processes."""
+    local_rank: int
+    """Rank on this node (the GPU index)."""
+    device: torch.device
+    """Device this rank computes on."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _set_single_process_env() -> None:
+    """Environment of a 1-process group, so DeepSpeed runs without any launcher."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+def select_accelerator() -> None:
+    """Point DeepSpeed at the CPU accelerator (gloo) when there is no GPU.
+
+    Must run before ``import deepspeed``: its accelerator is chosen once, at import.
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def init_distributed(backend: str = "auto", log_level: str = "warning") -> DistInfo:
+    """Bring up (or reuse) the process group through ``deepspeed.init_distributed``.
+
+    Under torchrun or the deepspeed launcher the group spans the launched processes; without
+    a launcher a 1-process group is created on a free loopback port. A group that already
+    exists is reused, so ``run_pretraining`` can be called repeatedly in one process.
+    ``backend="auto"`` means nccl on CUDA and gloo on CPU (DeepSpeed's CPU accelerator).
+    """
+    if not all(name in os.environ for name in LAUNCHER_ENV):
+        if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            missing = [name for name in LAUNCHER_ENV if name not in os.environ]
+            raise RuntimeError(f"incomplete launcher environment: {missing} unset")
+        _set_single_process_env()
+    select_accelerator()
+    import deepspeed
+
+    set_deepspeed_log_level(log_level)
+    if not torch.cuda.is_available():
+        skip_cpu_shm_comm_build()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not torch.distributed.is_initialized():
+        dist_backend = None if backend == "auto" else backend
+        deepspeed.init_distributed(dist_backend=dist_backend, auto_mpi_discovery=False)
+    return DistInfo(
+        rank=torch.distributed.get_rank(),
+        world_size=torch.distributed.get_world_size(),
+        local_rank=local_rank,
+        device=device,
+    )
+
+
+def skip_cpu_shm_comm_build() -> None:
+    """Keep DeepSpeed from JIT-compiling its CPU shared-memory all-reduce kernel.
+
+    That kernel serves only ``inference_all_reduce``; training collectives go through
+    torch.distributed (gloo) either way. Its C++ build takes minutes on a fresh machine (it
+    is cached afterwards), time every CPU job and test would otherwise pay once. DeepSpeed
+    caches its op-compatibility probe in ``deepspeed.ops.__compatible_ops__``, and a False
+    entry makes ``build_shm_op`` return None.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def set_deepspeed_log_level(level: str) -> None:
+    """DeepSpeed logs every config key at INFO on every rank; keep it to warnings by default."""
+    from deepspeed.utils import logger
+
+    logger.setLevel(getattr(logging, level.upper()))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """ "auto" → bf16 on a GPU that supports it, else fp32 (CPU training is fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def deepspeed_config(
+    *,
+    micro_batch_size: int,
+    grad_accum_steps: int,
+    world_size: int,
+    zero_stage: int,
+    precision: str,
+    grad_clip: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The DeepSpeed config dict; ``extra`` is merged last (recursively) as an escape hatch."""
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
+    zero: dict[str, Any] = {"stage": zero_stage}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
+        "train_batch_size": micro_batch_size * grad_accum_steps * world_size,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": False},
+        # torch.optim.AdamW is on DeepSpeed's ZeRO list; fused=True variants are the same class.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    return _merge(config, extra or {})
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_engine(
+    model: nn.Module,
+    *,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: dict[str, Any],
+    compile_model: bool = False,
+) -> Any:
+    """Wrap ``model`` (and its optimizer and LR schedule) in a DeepSpeed engine.
+
+    The engine steps the scheduler at each optimizer step and saves it in checkpoints. With
+    ``compile_model`` the engine compiles its module in place (``engine.compile``), which
+    keeps parameter names and so checkpoints identical to eager ones.
+    """
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        config=config,
+        dist_init_required=False,
+    )
+    if compile_model:
+        engine.compile(compile_kwargs={"dynamic": True})
+    return engine
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over ranks of a few scalars, in float64 (one collective)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def broadcast_object(value: Any, src: int = 0) -> Any:
+    """``value`` of rank ``src`` on every rank."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return value
+    holder = [value]
+    torch.distributed.broadcast_object_list(holder, src=src)
+    return holder[0]
