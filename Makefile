@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format venv clean
+.PHONY: demo test test-fast lint format venv clean tools
 
 venv: $(STAMP)
 
@@ -32,6 +32,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# System tools some tests use, from Debian's packages: shellcheck lints the generated Slurm
+# scripts, headless Chromium renders the demo report. Installing needs apt-get as root and a
+# network; elsewhere this only warns, and those tests skip saying why.
+tools:
+	@command -v shellcheck >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || \
+	{ apt-get update -qq && apt-get install -y -qq shellcheck chromium; } >/dev/null 2>&1 || \
+	echo "make tools: could not install shellcheck/chromium (needs root and network); their tests will be skipped"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
