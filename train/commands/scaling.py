@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Modules adding further `cloud scaling` actions, e.g. "train.commands.scaling_sweep".
-ACTION_MODULES: tuple[str, ...] = ()
+ACTION_MODULES: tuple[str, ...] = ("train.commands.scaling_sweep",)
 
 DEFAULT_BOOTSTRAP = 200  # mirrors train.scaling.DEFAULT_BOOTSTRAP without importing numpy
 

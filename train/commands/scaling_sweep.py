@@ -1,0 +1,58 @@
+"""`cloud scaling sweep`: run a grid of pretraining runs and append one CSV row per run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "sweep",
+        help="pretrain a grid of model sizes x step counts; one results.csv row per run",
+        description=(
+            "Run every (model, steps) cell of a sweep config as a normal pretraining run and "
+            "append one row per finished run to <out_dir>/results.csv. Re-running skips the "
+            "cells already in the CSV and resumes an interrupted one from its checkpoint. "
+            "Then fit the scaling law and write the report to <out_dir>/report (unless --no-fit)."
+        ),
+    )
+    parser.add_argument(
+        "--config", required=True, help="sweep YAML, e.g. configs/scaling/cpu-tiny.yaml"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="pretraining overrides applied to every run, e.g. data.corpus=runs/corpus",
+    )
+    parser.add_argument("--out", metavar="DIR", help="override the sweep's out_dir")
+    parser.add_argument("--no-fit", action="store_true", help="only run the grid")
+    parser.add_argument(
+        "--bootstrap", type=int, default=200, help="bootstrap resamples for the fit"
+    )
+    parser.set_defaults(func=run_sweep_command)
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from train.scaling import ScalingFitError, format_summary, write_report
+    from train.sweep import load_sweep_config, run_sweep
+
+    sweep = load_sweep_config(args.config, args.overrides)
+    if args.out:
+        sweep = dataclasses.replace(sweep, out_dir=args.out)
+    results = run_sweep(sweep)
+    print(f"results: {results}")
+    if args.no_fit:
+        return 0
+    try:
+        fit = write_report(results, Path(sweep.out_dir) / "report", bootstrap=args.bootstrap)
+    except ScalingFitError as exc:
+        print(f"scaling fit refused: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(fit))
+    print(f"report: {Path(sweep.out_dir) / 'report' / 'report.md'}")
+    return 0

@@ -1,0 +1,220 @@
+"""Scaling-law sweeps: a grid of model sizes × data sizes, one pretraining run each.
+
+Every cell of the grid is a normal pretraining run (``train.pretrain.launch``: the same
+launcher, DeepSpeed, checkpoints) in its own run directory. When a run finishes, one row is
+appended to the results CSV (``train.scaling.RESULTS_COLUMNS``), so the CSV is the sweep's
+progress record, as in nanochat: re-running the sweep skips the cells already in the CSV and
+resumes a cell whose run directory holds checkpoints but no row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from train.scaling import RESULTS_COLUMNS
+
+ROW_KEY_COLUMN = "flavour"  # the CSV's model-name column
+
+
+@dataclass(frozen=True)
+class SweepModel:
+    """One model size of the grid."""
+
+    name: str
+    """Label written to the CSV's ``flavour`` column (unique within the sweep)."""
+    flavour: str
+    """Registered flavour the size starts from (``cloud.flavours()``)."""
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    """CloudConfig fields changed from the flavour (e.g. hidden_size, num_layers)."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A scaling sweep, loaded from ``configs/scaling/<name>.yaml``."""
+
+    name: str
+    """Sweep name; run directories are ``<out_dir>/<model>-s<steps>``."""
+    base_config: str
+    """Pretraining YAML every run starts from (``configs/pretrain/*.yaml``)."""
+    out_dir: str
+    """Folder for the run directories, ``results.csv`` and the fit report."""
+    models: tuple[SweepModel, ...]
+    """Model sizes (N axis); at least three to identify the law."""
+    steps: tuple[int, ...]
+    """Training steps per run (D axis: tokens seen = steps × batch × tokens per sequence)."""
+    overrides: tuple[str, ...] = ()
+    """Dotted ``key=value`` overrides applied to every run (e.g. data.corpus=DIR)."""
+    nproc: int = 1
+    """Processes per run (torchrun ``--nproc-per-node``)."""
+    in_process: bool = False
+    """Run each cell inside the sweep's process (1 process only) instead of under torchrun."""
+
+    @property
+    def results_csv(self) -> Path:
+        return Path(self.out_dir) / "results.csv"
+
+    def run_dir(self, model: SweepModel, steps: int) -> Path:
+        return Path(self.out_dir) / f"{model.name}-s{steps}"
+
+    def cells(self) -> Iterator[tuple[SweepModel, int]]:
+        for model in self.models:
+            for steps in self.steps:
+                yield model, steps
+
+
+def load_sweep_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Read a sweep YAML (``yaml.safe_load``), refusing unknown keys and empty axes."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    known = {
+        "name",
+        "base_config",
+        "out_dir",
+        "models",
+        "steps",
+        "overrides",
+        "nproc",
+        "in_process",
+    }
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown sweep keys {unknown}; valid: {sorted(known)}")
+    models = tuple(_model(entry, path) for entry in raw.get("models") or ())
+    steps = tuple(int(s) for s in raw.get("steps") or ())
+    if len(models) < 1 or len(steps) < 1:
+        raise ValueError(f"{path}: a sweep needs at least one model and one step count")
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: model names must be unique, got {names}")
+    if any(s <= 0 for s in steps):
+        raise ValueError(f"{path}: steps must be positive, got {list(steps)}")
+    return SweepConfig(
+        name=str(raw.get("name", path.stem)),
+        base_config=str(raw["base_config"]),
+        out_dir=str(raw.get("out_dir", f"runs/scaling/{path.stem}")),
+        models=models,
+        steps=steps,
+        overrides=(*(str(o) for o in raw.get("overrides") or ()), *overrides),
+        nproc=int(raw.get("nproc", 1)),
+        in_process=bool(raw.get("in_process", False)),
+    )
+
+
+def _model(entry: Mapping[str, Any], path: Path) -> SweepModel:
+    if not isinstance(entry, Mapping) or "name" not in entry or "flavour" not in entry:
+        raise ValueError(f"{path}: each model needs a name and a flavour, got {entry!r}")
+    return SweepModel(str(entry["name"]), str(entry["flavour"]), dict(entry.get("overrides") or {}))
+
+
+def run_overrides(sweep: SweepConfig, model: SweepModel, steps: int) -> list[str]:
+    """The pretraining overrides of one grid cell."""
+    cell = [
+        f"run_dir={sweep.run_dir(model, steps)}",
+        f"model.flavour={model.flavour}",
+        f"train.max_steps={steps}",
+        f"train.eval_interval={steps}",
+        f"checkpoint.interval={max(steps // 2, 1)}",
+        "checkpoint.keep_last=1",
+    ]
+    cell += [f"model.overrides.{key}={value}" for key, value in model.overrides.items()]
+    return [*sweep.overrides, *cell]
+
+
+def finished_cells(results_csv: Path) -> set[tuple[str, int]]:
+    """(model name, steps) of the rows already in the CSV."""
+    if not results_csv.is_file():
+        return set()
+    with results_csv.open(newline="") as f:
+        return {(row[ROW_KEY_COLUMN], int(row["steps"])) for row in csv.DictReader(f)}
+
+
+def append_row(results_csv: Path, row: Mapping[str, Any]) -> None:
+    """Add one row; the whole file is rewritten through a temporary file and a rename, so an
+    interrupted sweep never leaves a half-written CSV."""
+    columns = [*RESULTS_COLUMNS, "steps", "run_dir"]
+    existing = results_csv.read_text() if results_csv.is_file() else ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    if not existing:
+        writer.writeheader()
+    writer.writerow({c: row.get(c, "") for c in columns})
+    results_csv.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=results_csv.parent, suffix=".tmp", delete=False, newline=""
+    ) as tmp:
+        tmp.write(existing + buffer.getvalue())
+    os.replace(tmp.name, results_csv)
+
+
+def finished_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The summary a finished run wrote (``summary.json``), if any."""
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / "checkpoints" / "latest").is_file()
+
+
+Launcher = Callable[..., dict[str, Any]]
+
+
+def in_process_launcher(
+    config_path: str, overrides: Sequence[str], *, nproc: int = 1, resume: bool = False
+) -> dict[str, Any]:
+    """Run one cell in this process (``run_pretraining``: DeepSpeed on a 1-process group).
+
+    Saves the torchrun start-up per run, which dominates tiny CPU sweeps; multi-process runs
+    go through ``train.pretrain.launch``.
+    """
+    if nproc != 1:
+        raise ValueError("the in-process launcher runs one process; use train.pretrain.launch")
+    from train.pretrain import load_config, run_pretraining
+
+    return run_pretraining(load_config(config_path, overrides), resume=resume)
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    *,
+    launcher: Launcher | None = None,
+    on_event: Callable[[str], None] = print,
+) -> Path:
+    """Run every cell not yet in the CSV (resuming interrupted ones); return the CSV path."""
+    if launcher is None and sweep.in_process:
+        launcher = in_process_launcher
+    elif launcher is None:
+        from train.pretrain import launch as launcher
+    done = finished_cells(sweep.results_csv)
+    cells = list(sweep.cells())
+    for index, (model, steps) in enumerate(cells, start=1):
+        label = f"[{index}/{len(cells)}] {model.name} × {steps} steps"
+        if (model.name, steps) in done:
+            on_event(f"{label}: finished earlier, skipped")
+            continue
+        run_dir = sweep.run_dir(model, steps)
+        summary = finished_summary(run_dir)
+        if summary is not None:
+            on_event(f"{label}: finished earlier but not in the CSV; row recovered")
+        else:
+            resume = has_checkpoint(run_dir)
+            on_event(f"{label}: {'resuming' if resume else 'running'} in {run_dir}")
+            overrides = run_overrides(sweep, model, steps)
+            summary = launcher(sweep.base_config, overrides, nproc=sweep.nproc, resume=resume)
+        row = {**summary, ROW_KEY_COLUMN: model.name, "steps": steps, "run_dir": str(run_dir)}
+        append_row(sweep.results_csv, row)
+        on_event(
+            f"{label}: val loss {summary['val_loss']:.4f}, N={summary['n_params_non_embedding']:,}, "
+            f"D={summary['tokens']:,} tokens, {summary['wall_time_s']:.0f} s"
+        )
+    return sweep.results_csv
