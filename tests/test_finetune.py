@@ -1,0 +1,452 @@
+"""Fine-tuning: the head, export round trip, the Matbench protocol (no test id in training
+or early stopping, training-fold standardisation), results layout, CLI and predictions."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import itertools
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cloud import CloudForMaskedLM, family
+from cloud.export import is_package, load_pretrained, save_pretrained
+from cloud.heads import CloudForPropertyPrediction, HeadConfig
+from tokenizer import ScopeTokenizer
+from train import finetune as FT
+from train.tasks import (
+    CLASSIFICATION_METRICS,
+    REGRESSION_METRICS,
+    SAMPLE_ROOT,
+    GivenSplits,
+    Task,
+    get_task,
+    load_task,
+    split_fold,
+)
+
+NO_ROOT = "/nonexistent/cloud-data-root"  # forces the shipped sample
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _debug_config(**overrides) -> object:
+    return family("debug", vocab_size=ScopeTokenizer().vocab_size, **overrides)
+
+
+def _config(tmp: Path, checkpoint: Path, **values) -> FT.FinetuneConfig:
+    base = {
+        "task": "matbench_dielectric",
+        "checkpoint": str(checkpoint),
+        "out": str(tmp),
+        "folds": [0],
+        "data_root": NO_ROOT,
+        "threads": 1,  # two shared cores: one thread each is much faster than contending
+        "device": "cpu",
+    }
+    return FT.config_from_dict({**base, **values})
+
+
+# ----------------------------------------------------------------------------- the head
+
+
+def test_head_shapes_and_config() -> None:
+    torch.manual_seed(0)
+    ids = torch.randint(6, 60, (3, 9))
+    regression = CloudForPropertyPrediction(_debug_config(), HeadConfig(hidden_sizes=[16, 8]))
+    assert regression(ids).shape == (3, 1)
+    classifier = CloudForPropertyPrediction(
+        _debug_config(), HeadConfig(task_type="classification", num_outputs=3, hidden_sizes=[])
+    )
+    probabilities = classifier.predict(ids)
+    assert probabilities.shape == (3, 3)
+    assert torch.allclose(probabilities.sum(-1), torch.ones(3))
+    with pytest.raises(ValueError, match="classes"):
+        HeadConfig(task_type="classification", num_outputs=1)
+    with pytest.raises(ValueError, match="unknown HeadConfig"):
+        HeadConfig.from_dict({"hidden": [3]})
+
+
+def test_target_scaling_round_trip() -> None:
+    model = CloudForPropertyPrediction(_debug_config(), HeadConfig())
+    model.set_target_scaling(torch.tensor(5.0), torch.tensor(2.0))
+    y = torch.tensor([1.0, 5.0, 9.0])
+    assert torch.allclose(model.standardise(y), torch.tensor([-2.0, 0.0, 2.0]))
+    assert torch.allclose(model.destandardise(model.standardise(y)[:, None])[:, 0], y)
+    model.set_target_scaling(3.0, 0.0)  # a constant target must not divide by zero
+    assert model.target_scale.item() == 1.0
+
+
+def test_from_pretrained_encoder_copies_the_encoder() -> None:
+    torch.manual_seed(1)
+    masked_lm = CloudForMaskedLM(_debug_config())
+    model = CloudForPropertyPrediction.from_pretrained_encoder(masked_lm, HeadConfig(), dropout=0.2)
+    for name, tensor in masked_lm.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[name], tensor), name
+    assert model.config.hidden_dropout == 0.2 and masked_lm.config.hidden_dropout == 0.1
+    model.encoder.embeddings.word.weight.data.add_(1.0)  # a copy, not shared storage
+    assert not torch.equal(
+        model.encoder.embeddings.word.weight, masked_lm.encoder.embeddings.word.weight
+    )
+
+
+def test_fine_tuned_model_is_a_normal_export_package(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    tokenizer = ScopeTokenizer()
+    model = CloudForPropertyPrediction(
+        _debug_config(), HeadConfig(hidden_sizes=[12], activation="silu")
+    )
+    model.set_target_scaling(torch.tensor(7.5), torch.tensor(3.0))
+    out = save_pretrained(
+        model.eval(), tokenizer, tmp_path / "pkg", metadata={"finetune": {"task": "x"}}
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"]["name"] == "CloudForPropertyPrediction"
+    assert config["architecture"]["module"] == "cloud.heads"
+    package = load_pretrained(out)
+    assert isinstance(package.model, CloudForPropertyPrediction)
+    assert package.model.head_config == model.head_config
+    ids = torch.tensor([tokenizer.encode("1 6 a O D D 0 | 4a 4b | Na 0.5 Cl 0.5")])
+    assert torch.equal(package.model.predict(ids), model.predict(ids))
+    assert package.model.target_mean.item() == 7.5
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def test_layer_wise_learning_rates() -> None:
+    model = CloudForPropertyPrediction(_debug_config(), HeadConfig())  # 2 layers
+    config = FT.FinetuneConfig(lr=1.0, head_lr=10.0, layer_decay=0.5, weight_decay=0.1)
+    lr_of = {}
+    decay_of = {}
+    for group in FT.parameter_groups(model, config):
+        for param in group["params"]:
+            lr_of[id(param)] = group["lr"]
+            decay_of[id(param)] = group["weight_decay"]
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["encoder.embeddings.word.weight"])] == 0.25
+    assert lr_of[id(named["encoder.layers.0.mlp.up.weight"])] == 0.5
+    assert lr_of[id(named["encoder.layers.1.mlp.up.weight"])] == 1.0
+    assert lr_of[id(named["encoder.final_norm.weight"])] == 1.0
+    assert lr_of[id(named["head.mlp.1.weight"])] == 10.0
+    assert decay_of[id(named["encoder.layers.1.mlp.up.weight"])] == 0.1
+    assert decay_of[id(named["encoder.layers.1.mlp.up.bias"])] == 0.0
+    assert len(lr_of) == len(named)  # every parameter in exactly one group
+
+
+def test_lr_schedule() -> None:
+    factors = [FT.lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0
+    assert factors[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+
+
+def test_leak_guard() -> None:
+    guard = FT.LeakGuard(["t1", "t2"])
+    guard.check_fit_batch("training", ["a", "b"])
+    with pytest.raises(AssertionError, match="test ids reached training"):
+        guard.check_fit_batch("training", ["a", "t2"])
+    guard.open_test()
+    with pytest.raises(AssertionError, match="already predicted"):
+        guard.open_test()
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_files_load_and_overrides_apply() -> None:
+    for path in sorted((REPO / "configs" / "finetune").glob("*.yaml")):
+        config = FT.load_config(path, ["epochs=3", "head.dropout=0.2"], task="matbench_phonons")
+        assert config.epochs == 3 and config.head.dropout == 0.2, path
+    with pytest.raises(ValueError, match="unknown finetune config key"):
+        FT.load_config(None, ["learning_rate=1e-3"])
+    with pytest.raises(ValueError, match="must be a number"):
+        FT.load_config(None, ["lr=fast"])
+    assert FT.load_config(None, ["lr=1e-4"]).lr == 1e-4  # YAML reads 1e-4 as a string
+
+
+def test_parse_folds() -> None:
+    assert FT.parse_folds("0-4") == [0, 1, 2, 3, 4]
+    assert FT.parse_folds("3,1") == [1, 3]
+    assert FT.parse_folds(None) is None and FT.parse_folds("all") is None
+    with pytest.raises(ValueError):
+        FT.parse_folds("-1")
+
+
+# ----------------------------------------------------------------------------- a real run
+
+
+@pytest.fixture(scope="module")
+def dielectric_run(tmp_path_factory: pytest.TempPathFactory, tiny_pretrained: Path):
+    """The tiny pretrained model fine-tuned on fold 0 of the dielectric sample, with every
+    batch's ids recorded."""
+    fed: dict[str, list[str]] = defaultdict(list)
+
+    def observe(stage: str, ids) -> None:
+        fed[stage].extend(ids)
+
+    out = tmp_path_factory.mktemp("finetune_dielectric")
+    config = _config(
+        out,
+        tiny_pretrained,
+        epochs=10,
+        patience=4,
+        batch_size=32,
+        lr=3e-3,
+        head_lr=3e-3,
+        layer_decay=0.8,
+        freeze_encoder_epochs=1,
+        head={"hidden_sizes": [64], "dropout": 0.0},
+        encoder_dropout=0.0,
+    )
+    data = load_task("matbench_dielectric", NO_ROOT)
+    result = FT.run_finetune(config, data=data, observer=observe)
+    return result, data, config, fed
+
+
+def test_fine_tuned_tiny_model_beats_the_mean_predictor(dielectric_run) -> None:
+    result, *_ = dielectric_run
+    (fold,) = result.folds
+    assert fold.scores["mae"] < fold.baseline_scores["mae"], (fold.scores, fold.baseline_scores)
+    history = fold.history
+    assert min(h["val/mae"] for h in history) < history[0]["val/mae"]  # it learnt something
+
+
+def test_no_test_id_reaches_training_or_early_stopping(dielectric_run) -> None:
+    result, data, config, fed = dielectric_run
+    split = split_fold(data, data.folds[0], val_fraction=config.val_fraction, seed=config.seed)
+    test_ids = set(data.folds[0].test_ids)
+    assert fed["train"] and fed["val"]
+    assert not test_ids & set(fed["train"])
+    assert not test_ids & set(fed["val"])
+    assert not set(fed["train"]) & set(fed["val"])  # validation rows never trained on
+    assert set(fed["train"]) == set(split.train_ids)
+    assert set(fed["val"]) == set(split.val_ids)
+    # The test fold is predicted once, at the end: each test id exactly once.
+    assert sorted(fed["test"]) == sorted(test_ids)
+    assert set(result.folds[0].predictions) == test_ids
+
+
+def test_standardisation_uses_training_rows_only(dielectric_run) -> None:
+    result, data, _, fed = dielectric_run
+    model = result.folds[0].model
+    train = np.array([data.examples[i].target for i in set(fed["train"])])
+    assert model.target_mean.item() == pytest.approx(train.mean(), rel=1e-5)
+    assert model.target_scale.item() == pytest.approx(train.std(), rel=1e-4)
+    everything = np.array([e.target for e in data.examples.values()])
+    assert abs(everything.mean() - train.mean()) > 1e-4  # the check would notice a leak
+
+
+def test_results_are_in_matbench_layout(dielectric_run) -> None:
+    result, data, *_ = dielectric_run
+    document = FT.read_results(result.out / FT.RESULTS_FILE)
+    assert {"@module", "@class", "version", "tasks", "user_metadata", "datestamp", "hash"} <= set(
+        document
+    )
+    task_doc = document["tasks"]["matbench_dielectric"]
+    assert task_doc["benchmark_name"] == "matbench_v0.1"
+    fold = task_doc["results"]["fold_0"]
+    assert set(fold) == {"data", "parameters", "scores"}
+    assert set(fold["data"]) == set(data.folds[0].test_ids)
+    assert all(key.startswith("mb-dielectric-") for key in fold["data"])
+    assert set(fold["scores"]) == set(REGRESSION_METRICS)
+    assert all(isinstance(v, float) for v in fold["scores"].values())
+    assert fold["parameters"]["baseline_scores"]["mae"] > fold["scores"]["mae"]
+    stats = document["user_metadata"]["fold_statistics"]["matbench_dielectric"]["mae"]
+    assert set(stats) == {"mean", "max", "min", "std"}
+    assert stats["mean"] == pytest.approx(fold["scores"]["mae"])
+    assert document["user_metadata"]["is_sample"] is True
+
+
+def test_run_outputs(dielectric_run) -> None:
+    result, *_ = dielectric_run
+    out = result.out
+    report = (out / FT.REPORT_FILE).read_text()
+    assert "mean predictor" in report and "MODNet" in report and "0.2711" in report
+    assert "SHIPPED SAMPLE" in report  # the sample is called out
+    assert (out / "fold_0" / "parity.png").stat().st_size > 1000
+    assert list((out / "fold_0" / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = [
+        json.loads(line) for line in (out / "fold_0" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert {"train/loss", "val/mae"} <= set(metrics[0])
+    assert is_package(out / "model")
+    package = load_pretrained(out / "model")
+    assert package.metadata["finetune"]["task"] == "matbench_dielectric"
+    summary = json.loads((out / FT.SUMMARY_FILE).read_text())
+    table = FT.metrics_table(result.task, result.folds, summary)
+    assert "mean ± std" in table and "baseline mae" in table
+
+
+def test_unusable_test_rows_get_the_training_mean(tmp_path: Path, tiny_pretrained: Path) -> None:
+    import shutil
+
+    root = tmp_path / "root"
+    (root / "t").mkdir(parents=True)
+    with gzip.open(SAMPLE_ROOT / "aflow/debye_temperature/train.csv.gz", "rt") as f:
+        rows = list(csv.DictReader(f))
+    train, test = rows[:40], rows[40:50]
+    test[2]["cif"] = "data_broken\n_cell_length_a 3\nloop_\n"
+    for name, part in (("train", train), ("test", test)):
+        with gzip.open(root / "t" / f"{name}.csv.gz", "wt", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(part)
+    task = Task(
+        name="tmp_fallback",
+        target="debye_temperature",
+        splits=GivenSplits(train="t/train.csv.gz", test="t/test.csv.gz"),
+    )
+    data = load_task(task, root)
+    package = load_pretrained(tiny_pretrained)
+    config = _config(tmp_path / "out", tiny_pretrained, task="tmp_fallback", epochs=1)
+    fold = FT.finetune_fold(data, 0, package.model, package.tokenizer, config)
+    assert len(fold.predictions) == 10
+    assert list(fold.parameters["test_fallback_to_train_mean"]) == ["test:2"]
+    fit_ids = [i for i in data.folds[0].train_ids]
+    train_mean = np.mean([data.examples[i].target for i in fit_ids])
+    assert fold.predictions["test:2"] == pytest.approx(train_mean)
+    assert fold.parameters["n_test_scored"] == 9  # the broken row has no target to score
+    shutil.rmtree(root)
+
+
+def test_classification_task(tmp_path: Path, tiny_pretrained: Path) -> None:
+    # A classification task declared in a few lines: high refractive index (n > 2.2).
+    task = Task(
+        name="tmp_high_n",
+        target="n",
+        splits=get_task("matbench_dielectric").splits,
+        reader="matbench",
+        task_type="classification",
+        metric="rocauc",
+        label=lambda n: float(n) > 2.2,
+    )
+    data = load_task(task, NO_ROOT)
+    package = load_pretrained(tiny_pretrained)
+    config = _config(
+        tmp_path,
+        tiny_pretrained,
+        epochs=8,
+        lr=3e-3,
+        head_lr=3e-3,
+        head={"hidden_sizes": [64], "dropout": 0.0},
+        encoder_dropout=0.0,
+    )
+    fold = FT.finetune_fold(data, 0, package.model, package.tokenizer, config)
+    assert set(fold.scores) == set(CLASSIFICATION_METRICS)
+    assert fold.parameters["classes"] == [False, True]
+    probabilities = np.array(list(fold.predictions.values()))
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    assert fold.baseline_scores["rocauc"] == pytest.approx(0.5)
+    assert fold.scores["rocauc"] > 0.6, fold.scores
+
+
+# ----------------------------------------------------------------------------- CLI and predict
+
+
+@pytest.fixture(scope="module")
+def phonons_cli_run(tmp_path_factory: pytest.TempPathFactory, tiny_pretrained: Path) -> Path:
+    from train.cli import main
+
+    out = tmp_path_factory.mktemp("cli_finetune")
+    code = main(
+        [
+            "finetune",
+            "--checkpoint",
+            str(tiny_pretrained),
+            "--task",
+            "matbench_phonons",
+            "--folds",
+            "0",
+            "--out",
+            str(out),
+            "--data-root",
+            NO_ROOT,
+            "--config",
+            str(REPO / "configs" / "finetune" / "smoke.yaml"),
+            "threads=1",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_cli_finetune_writes_a_run(phonons_cli_run: Path, capsys) -> None:
+    out = phonons_cli_run
+    assert (out / "results.json.gz").is_file() and (out / "report.md").is_file()
+    assert is_package(out / "model")
+    assert "323.98" in (out / "report.md").read_text()  # the phonons references
+
+
+def test_predict_matches_the_finetuned_predictions(phonons_cli_run: Path) -> None:
+    # The phonons sample through `predict` gives, on fold 0's test rows, exactly what the
+    # fine-tuning run recorded (same package, same SCOPE strings, same model).
+    from train.predict import load_predictor, predict_files
+
+    predictor = load_predictor(phonons_cli_run)  # the run dir: its model/ is used
+    buffer = io.StringIO()
+    predicted, failed = predict_files(
+        predictor, [SAMPLE_ROOT / "matbench/matbench_phonons_sample.json.gz"], buffer
+    )
+    assert (predicted, failed) == (300, 0)
+    rows = list(csv.DictReader(io.StringIO(buffer.getvalue())))
+    by_row = {int(r["source"].rsplit(":", 1)[1]): r for r in rows}
+    recorded = FT.read_results(phonons_cli_run / FT.RESULTS_FILE)
+    data = recorded["tasks"]["matbench_phonons"]["results"]["fold_0"]["data"]
+    for mb_id, value in data.items():
+        row = by_row[int(mb_id.rsplit("-", 1)[1]) - 1]
+        assert float(row["prediction"]) == pytest.approx(value, rel=1e-4), mb_id
+
+
+def test_cli_predict_lists_bad_structures(phonons_cli_run: Path, tmp_path: Path, capsys) -> None:
+    from pymatgen.core import Lattice, Structure
+
+    from train.cli import main
+
+    nacl = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3]
+    )
+    nacl.to(filename=str(tmp_path / "nacl.cif"))
+    (tmp_path / "broken.cif").write_text("data_broken\n_cell_length_a 3\nloop_\n")
+    disordered = Structure(Lattice.cubic(3.0), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])
+    (tmp_path / "structures.json").write_text(json.dumps([nacl.as_dict(), disordered.as_dict()]))
+    out_csv = tmp_path / "predictions.csv"
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(phonons_cli_run / "model"),
+            "--input",
+            str(tmp_path / "nacl.cif"),
+            str(tmp_path / "broken.cif"),
+            str(tmp_path / "structures.json"),
+            "--out",
+            str(out_csv),
+        ]
+    )
+    assert code == 1  # some structures had no prediction
+    with open(out_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == ["nacl", "broken", "structures:0", "structures:1"]
+    assert list(rows[0]) == ["id", "source", "scope", "prediction", "error"]
+    good = [r for r in rows if not r["error"]]
+    bad = [r for r in rows if r["error"]]
+    assert len(good) == 2 and len(bad) == 2
+    assert all(r["prediction"] and r["scope"].startswith("1 6 a") for r in good)
+    assert all(r["prediction"] == "" for r in bad)
+    assert "partial occupancy" in bad[1]["error"]
+    stderr = capsys.readouterr().err
+    assert "broken.cif" in stderr and "partial occupancy" in stderr
+    assert "2 structures predicted, 2 without a prediction" in stderr
+
+
+def test_predict_refuses_a_pretrained_package(tiny_pretrained: Path) -> None:
+    from train.predict import load_predictor
+
+    with pytest.raises(ValueError, match="not a fine-tuned"):
+        load_predictor(tiny_pretrained)
