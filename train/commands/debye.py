@@ -1,0 +1,181 @@
+"""`cloud debye --checkpoint PKG --data petretto|phonondb`: train and evaluate CLOUD-DEBYE.
+
+The encoder of a pretrained package predicts a Debye temperature θ_D per material; the Debye
+model turns it into C_v(T) and U(T) at any temperature. Targets come from real phonon data:
+Petretto's DFPT DOS (C_v and U integrated from it) or phonondb's phonopy C_v and U.
+
+  --protocol single   the paper's protocol: C_v at 300 K only
+  --protocol curve    C_v, U or both (--target) on a temperature grid (--temperatures)
+
+Writes results.json, report.md, predictions.csv, figures/ and the trained model package
+(model/) to --out. --compare all also trains a direct MLP on C_v at 300 K and CLOUD-DEBYE
+under the single-temperature protocol, and evaluates the best constant θ and the per-material
+oracle Debye fit on the same test materials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Sequence
+
+# Shared with train.debye, defined here with the standard library only so that building the
+# `cloud` parser does not import torch.
+SOURCES = ("petretto", "phonondb")
+TARGETS = ("cv", "u", "both")
+PROTOCOLS = ("curve", "single")
+COMPARE_METHODS = ("debye_single", "direct", "constant", "oracle", "oracle_300")
+SINGLE_TEMPERATURE = 300.0
+"""K: the paper's protocol predicts C_v at 300 K only."""
+MAX_TEMPERATURE_POINTS = 10_000
+
+
+def parse_temperatures(text: str | Sequence[float] | float) -> list[float]:
+    """``start:stop:step`` (stop included when on the grid), ``100,300,500`` or ``300`` → K.
+
+    Raises ValueError saying what is wrong: not numbers, step <= 0, stop < start, T <= 0,
+    non-finite values, or more than 10,000 points.
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        values = [float(text)]
+    elif isinstance(text, str):
+        values = _parse_temperature_text(text.strip())
+    else:
+        values = [float(v) for v in text]
+    if not values:
+        raise ValueError("temperature list is empty")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"temperatures must be finite and > 0 K, got {values[:5]}")
+    if len(values) > MAX_TEMPERATURE_POINTS:
+        raise ValueError(f"{len(values)} temperatures; at most {MAX_TEMPERATURE_POINTS}")
+    return sorted(set(values))
+
+
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+
+
+def _parse_temperature_text(text: str) -> list[float]:
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3 or not all(re.fullmatch(_NUMBER, p.strip()) for p in parts):
+            raise ValueError(
+                f"temperature range {text!r} must be start:stop:step in K, e.g. 50:800:50"
+            )
+        start, stop, step = (float(p) for p in parts)
+        if step <= 0:
+            raise ValueError(f"temperature range {text!r}: step must be > 0")
+        if stop < start:
+            raise ValueError(f"temperature range {text!r}: stop {stop:g} < start {start:g}")
+        count = math.floor((stop - start) / step + 1e-9) + 1
+        if count > MAX_TEMPERATURE_POINTS:
+            raise ValueError(f"temperature range {text!r} has {count} points; at most 10,000")
+        return [round(start + i * step, 9) for i in range(count)]
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(re.fullmatch(_NUMBER, p) for p in parts):
+        raise ValueError(
+            f"temperatures {text!r} must be start:stop:step (e.g. 50:800:50), a comma list "
+            "(100,300,500) or one value, in K"
+        )
+    return [float(p) for p in parts]
+
+
+def temperature_spec(text: str) -> str:
+    """argparse type: a valid temperature spec, kept as text (the config stores text)."""
+    try:
+        parse_temperatures(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def compare_list(text: str) -> list[str]:
+    """argparse type: ``all``, ``none`` or a comma list of COMPARE_METHODS."""
+    if text.strip().lower() == "all":
+        return list(COMPARE_METHODS)
+    if text.strip().lower() == "none":
+        return []
+    methods = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [m for m in methods if m not in COMPARE_METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {unknown}; choose from {', '.join(COMPARE_METHODS)}, all, none"
+        )
+    return methods
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "debye",
+        help="train CLOUD-DEBYE (θ_D head + Debye physics) on phonon C_v(T), U(T)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", help="pretrained export package (cloud export)")
+    parser.add_argument("--data", choices=SOURCES, help="thermal data (default petretto)")
+    parser.add_argument("--target", choices=TARGETS, help="loss on C_v, U or both")
+    parser.add_argument(
+        "--temperatures",
+        type=temperature_spec,
+        metavar="SPEC",
+        help="training grid in K: start:stop:step (e.g. 50:800:50), a comma list or one value",
+    )
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="single (C_v at 300 K) or curve")
+    parser.add_argument(
+        "--fold", type=int, metavar="K", help="test fold K of a seeded 5-fold CV by material"
+    )
+    parser.add_argument("--config", help="YAML config, e.g. configs/debye/curves.yaml")
+    parser.add_argument("--out", help="output directory (default runs/debye/<data>-...)")
+    parser.add_argument("--data-root", help="data root (default ../shared/data)")
+    parser.add_argument(
+        "--compare",
+        type=compare_list,
+        metavar="LIST",
+        help=f"also evaluate: all, none or a comma list of {', '.join(COMPARE_METHODS)}",
+    )
+    parser.add_argument("--seed", type=int, help="split, init and batch-order seed")
+    parser.add_argument("--device", help="auto (default), cpu, cuda …")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted config overrides parsed as YAML, e.g. epochs=20 head.dropout=0.2",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from train.debye import load_config, results_table, run_debye
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        config = load_config(
+            args.config,
+            args.overrides,
+            checkpoint=args.checkpoint,
+            data=args.data,
+            target=args.target,
+            temperatures=args.temperatures,
+            protocol=args.protocol,
+            fold=args.fold,
+            out=args.out,
+            data_root=args.data_root,
+            compare=args.compare,
+            seed=args.seed,
+            device=args.device,
+            threads=args.threads,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not config.checkpoint:
+        print("error: cloud debye needs --checkpoint (or checkpoint: in --config)", file=sys.stderr)
+        return 2
+    result = run_debye(config, progress=True)
+    print(results_table(result.metrics))
+    print(f"\nresults: {result.out}/results.json, report: {result.out}/report.md")
+    return 0

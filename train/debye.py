@@ -1,0 +1,1836 @@
+"""CLOUD-DEBYE training and evaluation: θ_D from the encoder, C_v(T) and U(T) from physics.
+
+Data (targets computed from real phonon data, per mole of the cell whose atoms are counted):
+
+* ``petretto``: Petretto et al. (2018) DFPT phonon DOS. C_v(T) and U(T) (harmonic, zero-point
+  energy included) are integrated from each DOS (``cloud.phonons``), per mole of the cell of
+  the CSV's structure; n_atoms = its number of sites. The DOS is tabulated every 20 cm⁻¹
+  (29 K), so the "true" curves below ~30 K are set by the lowest bins, not by real physics.
+  The released idx_*.txt splits do not fit data.csv (1,522 indices for 1,521 rows) and are not
+  used: the split here is our own, seeded, by material (see ``split_materials``).
+* ``phonondb``: Togo's phonopy C_v and U per mole of atoms, multiplied by ``natoms_unitcell``:
+  the structure encoded is phonondb's unit cell (the one in structures.jsonl.gz, which can be
+  larger than the primitive cell phonopy used), so the targets are per mole of unit cells and
+  n_atoms = natoms_unitcell. Materials with an imaginary mode below ``stability_threshold_thz``
+  (−0.3 THz) are left out, since their harmonic thermodynamics is not meaningful. Temperatures
+  off phonondb's 10 K grid are linearly interpolated.
+
+The SCOPE string of a material does not depend on which cell of it is written, so the model
+predicts one θ_D per material; n_atoms only scales C_v and U. Every loss is therefore per atom
+and dimensionless: c = C_v / (3 n R) ∈ [0, 1] and u = U / (3 n R T_ref) (≈ 1 at T_ref = 300 K
+for a classical solid), so materials of any size and every temperature weigh alike.
+
+Protocols: ``single`` is the paper's (C_v at 300 K only); ``curve`` fits C_v, U or both on a
+temperature grid (the paper did not). Splits are seeded by material: train/val/test fractions,
+or fold K of a seeded 5-fold cross-validation with validation carved from the other folds.
+Training is AdamW with warm-up and cosine decay, early stopping on the validation loss, the
+best epoch's weights kept. Optionally the model is first trained on AFLOW AGL Debye
+temperatures (log-θ L1), leaving out AFLOW rows whose SCOPE string is a test material's.
+
+Evaluation on the test materials, 10–1000 K: CLOUD-DEBYE, and with ``compare`` the same
+encoder under the single-temperature protocol, a direct MLP regressor of C_v at 300 K (it
+can say nothing at other temperatures, nor about U), the best constant θ of the training set,
+the per-material oracle Debye fit to the true C_v curve over the evaluation grid (least
+squares: what the Debye form can do over the whole curve), and the per-material θ that
+reproduces C_v(300 K) exactly (the best case of the single-temperature protocol).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from cloud import debye
+from cloud.debye_head import CloudDebye, DebyeHeadConfig
+from train.commands.debye import (
+    COMPARE_METHODS,
+    PROTOCOLS,
+    SINGLE_TEMPERATURE,
+    SOURCES,
+    TARGETS,
+    parse_temperatures,
+)
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+LOSSES = ("l1", "mse")
+THREE_R = 3 * debye.GAS_CONSTANT
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class DebyeTrainConfig:
+    """One CLOUD-DEBYE run: data, protocol, split, optimisation, comparisons; YAML-loadable."""
+
+    checkpoint: str = ""
+    """Export package of the pretrained encoder (``cloud.load_pretrained``)."""
+    data: str = "petretto"
+    """Thermal data: petretto (DFPT DOS → C_v, U) or phonondb (phonopy C_v, U)."""
+    data_root: str | None = None
+    """Root of the data sets; None: $CLOUD_SHARED_DATA or ../shared/data beside the clone."""
+    allow_sample: bool = True
+    """Fall back to the sample in data/ when the data root lacks the files (report says so)."""
+    max_materials: int | None = None
+    """Use at most this many materials (seeded subset, before encoding); None: all."""
+    stability_threshold_thz: float = -0.3
+    """phonondb: drop materials whose lowest phonon frequency is below this (THz)."""
+    variant: str | None = None
+    """SCOPE variant; None: the one the checkpoint records (else cloud)."""
+    protocol: str = "curve"
+    """single: the paper's C_v at 300 K only; curve: target on the temperature grid."""
+    target: str | None = None
+    """cv, u or both (losses on C_v and/or U); None: cv for single, both for curve."""
+    temperatures: str | None = None
+    """Training grid in K (start:stop:step, comma list or one value); None: 300 for single,
+    50:800:50 for curve."""
+    eval_temperatures: str = "10:1000:10"
+    """Grid the test materials are evaluated on (300 K is always added), K."""
+    u_reference_k: float = 300.0
+    """T_ref of the loss on U: u = U / (3 n R T_ref), so u ≈ 1 at 300 K classically."""
+    u_weight: float = 1.0
+    """Weight of the U loss relative to the C_v loss when target = both."""
+    loss: str = "l1"
+    """l1 (mean absolute error, as the metric) or mse, on the per-atom normalised targets."""
+    fold: int | None = None
+    """Test fold of a seeded n_folds-fold CV by material; None: the fractions below."""
+    n_folds: int = 5
+    """Folds of the cross-validation when ``fold`` is set."""
+    test_fraction: float = 0.1
+    """Share of materials held out for test when ``fold`` is None."""
+    val_fraction: float = 0.1
+    """Share of all materials (of the non-test folds with ``fold``) used for early stopping."""
+    epochs: int = 30
+    """Maximum training epochs."""
+    patience: int = 8
+    """Stop after this many epochs without a better validation loss (0: never)."""
+    batch_size: int = 32
+    """Materials per optimizer step."""
+    eval_batch_size: int = 256
+    """Materials per forward pass when predicting."""
+    lr: float = 5e-4
+    """Peak learning rate of the encoder."""
+    head_lr: float = 2e-3
+    """Peak learning rate of the head."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay on matrices (not biases and LayerNorms)."""
+    warmup_ratio: float = 0.05
+    """Fraction of the optimizer steps with a linear warm-up."""
+    min_lr_ratio: float = 0.05
+    """Final learning rate of the cosine decay as a fraction of the peak."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    encoder_dropout: float | None = 0.1
+    """Hidden and attention dropout of the encoder while training; None keeps the package's."""
+    head: DebyeHeadConfig = field(default_factory=DebyeHeadConfig)
+    """The θ_D head (MLP shape and θ range)."""
+    aflow_epochs: int = 0
+    """Epochs of θ pre-training on AFLOW AGL Debye temperatures first (0: none)."""
+    aflow_max_rows: int | None = None
+    """Use at most this many AFLOW rows (seeded); None: all train + val rows."""
+    compare: list[str] = field(default_factory=list)
+    """Other predictors evaluated on the same test materials: debye_single (CLOUD-DEBYE on
+    C_v at 300 K), direct (MLP on C_v at 300 K), constant (best single θ of the training
+    set), oracle (θ fitted per test material to its true C_v curve), oracle_300 (θ matching
+    each test material's C_v at 300 K)."""
+    seed: int = 0
+    """Seeds the split, the model init, dropout and the batch order."""
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda, cuda:1 …"""
+    threads: int = 0
+    """torch intra-op threads (0: keep torch's default)."""
+    out: str | None = None
+    """Output directory; None: runs/debye/<data>-<protocol>-<target>."""
+    save_model: bool = True
+    """Save the trained CLOUD-DEBYE as an export package in <out>/model."""
+    plots: bool = True
+    """Write the figures (MAE vs T, per-material curves, θ parity)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.data not in SOURCES:
+            problems.append(f"data must be one of {SOURCES}, got {self.data!r}")
+        if self.protocol not in PROTOCOLS:
+            problems.append(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.target is not None and self.target not in TARGETS:
+            problems.append(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.loss not in LOSSES:
+            problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        unknown = sorted(set(self.compare) - set(COMPARE_METHODS))
+        if unknown:
+            problems.append(f"compare: unknown method(s) {unknown}; known: {COMPARE_METHODS}")
+        if self.protocol == "single":
+            if self.target not in (None, "cv"):
+                problems.append("the single-temperature protocol is C_v at 300 K: target cv")
+            if self.temperatures is not None and parse_temperatures(self.temperatures) != [
+                SINGLE_TEMPERATURE
+            ]:
+                problems.append("the single-temperature protocol is C_v at 300 K only")
+        if self.fold is not None and not 0 <= self.fold < self.n_folds:
+            problems.append(f"fold must be in [0, {self.n_folds}), got {self.fold}")
+        if self.n_folds < 2:
+            problems.append("n_folds must be >= 2")
+        if not 0.0 < self.val_fraction < 1.0 or not 0.0 < self.test_fraction < 1.0:
+            problems.append("val_fraction and test_fraction must be in (0, 1)")
+        if self.fold is None and self.val_fraction + self.test_fraction >= 1.0:
+            problems.append("val_fraction + test_fraction must be < 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            problems.append("epochs, batch_size and eval_batch_size must be >= 1")
+        if self.patience < 0 or self.aflow_epochs < 0:
+            problems.append("patience and aflow_epochs must be >= 0")
+        if self.u_reference_k <= 0 or self.u_weight < 0:
+            problems.append("u_reference_k must be > 0 and u_weight >= 0")
+        if self.max_materials is not None and self.max_materials < 10:
+            problems.append("max_materials must be >= 10 (train, val and test need some)")
+        if problems:
+            raise ValueError("invalid debye config: " + "; ".join(problems))
+        # Malformed grids fail here, before any data is read.
+        self.train_temperatures()
+        self.evaluation_temperatures()
+
+    @property
+    def resolved_target(self) -> str:
+        if self.target is not None:
+            return self.target
+        return "cv" if self.protocol == "single" else "both"
+
+    def train_temperatures(self) -> list[float]:
+        """The training grid in K."""
+        if self.temperatures is None:
+            return [SINGLE_TEMPERATURE] if self.protocol == "single" else _default_curve_grid()
+        return parse_temperatures(self.temperatures)
+
+    def evaluation_temperatures(self) -> list[float]:
+        """The evaluation grid in K, 300 K included."""
+        return sorted({*parse_temperatures(self.eval_temperatures), SINGLE_TEMPERATURE})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _default_curve_grid() -> list[float]:
+    return parse_temperatures("50:800:50")
+
+
+def config_from_dict(values: Mapping[str, Any]) -> DebyeTrainConfig:
+    """A DebyeTrainConfig from nested dicts; unknown keys and wrong types are errors."""
+    return _build(DebyeTrainConfig, values, "")
+
+
+def _build(cls: type, values: Any, path: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ValueError(f"config section {path or '<root>'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {path or 'the top level'}; valid: {names}")
+    return cls(**{k: _coerce(v, hints[k], f"{path}{k}") for k, v in values.items()})
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{path}.")
+    options = (
+        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else ()
+    )
+    if options:
+        if value is None and type(None) in options:
+            return None
+        hint = next(o for o in options if o is not type(None))
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{path} must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, path) for v in value]
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"{path} must be true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{path} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{path} must be a number, got {value!r}")
+        try:
+            return float(value)  # YAML reads 1e-3 (no dot) as a string
+        except (TypeError, ValueError):
+            raise ValueError(f"{path} must be a number, got {value!r}") from None
+    if hint is str and not isinstance(value, str):
+        # A bare 300 in YAML is an int; a temperature spec is text.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{path} must be a string, got {value!r}")
+    return value
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set ``dotted.key=value`` overrides (values parsed as YAML) in a nested dict."""
+    result = copy.deepcopy(values)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not of the form dotted.key=value")
+        node = result
+        *sections, last = key.split(".")
+        for part in sections:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[last] = yaml.safe_load(text) if text.strip() else ""
+    return result
+
+
+def load_config(
+    path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), **fields: Any
+) -> DebyeTrainConfig:
+    """YAML config (optional), then ``fields`` (command-line flags, None = not given), then
+    dotted overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: the top level of a debye config must be a mapping")
+    values.update({k: v for k, v in fields.items() if v is not None})
+    try:
+        return config_from_dict(apply_overrides(values, overrides))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path or 'debye config'}: {err}") from None
+
+
+# --------------------------------------------------------------------------- data
+
+
+CurveFunction = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class ThermalData:
+    """Materials with their SCOPE strings, atoms per cell and true C_v(T), U(T)."""
+
+    source: str
+    ids: list[str]
+    """mp_id per material."""
+    scopes: list[str]
+    n_atoms: np.ndarray
+    """Atoms of the cell the targets are per (float64, [M])."""
+    curve_function: CurveFunction
+    """T (K, 1-D) → (C_v [M, n_T] J/(mol K), U [M, n_T] J/mol), per mole of cells."""
+    report: list[str] = field(default_factory=list)
+    """What was read, from where, and what was left out and why."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def curves(self, T: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """True (C_v, U) per mole of cells on the grid T (K), [M, n_T] each."""
+        return self.curve_function(np.asarray(T, dtype=float))
+
+
+def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
+    from train.tasks import default_data_root
+
+    return Path(data_root) if data_root is not None else default_data_root()
+
+
+def load_thermal_data(
+    source: str,
+    data_root: str | os.PathLike[str] | None = None,
+    *,
+    variant: str = "cloud",
+    allow_sample: bool = True,
+    max_materials: int | None = None,
+    seed: int = 0,
+    stability_threshold_thz: float = -0.3,
+) -> ThermalData:
+    """Read ``source`` (petretto or phonondb), SCOPE-encode it and attach its true curves.
+
+    Unreadable rows and structures that cannot be encoded are left out and counted in the
+    report. ``max_materials`` keeps a seeded subset (drawn before the slow encoding).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"data must be one of {SOURCES}, got {source!r}")
+    root = resolve_data_root(data_root)
+    if source == "petretto":
+        return _load_petretto(root, variant, allow_sample, max_materials, seed)
+    return _load_phonondb(root, variant, allow_sample, max_materials, seed, stability_threshold_thz)
+
+
+def _petretto_path(root: Path, allow_sample: bool) -> tuple[Path, bool]:
+    full = root / "petretto_phdos" / "data.csv"
+    if full.is_file():
+        return full, False
+    sample = REPO / "data" / "petretto_phdos" / "data_sample.csv"
+    if allow_sample and sample.is_file():
+        return sample, True
+    raise FileNotFoundError(f"{full} not found (and the shipped sample is not allowed)")
+
+
+def _seeded_subset(n: int, max_materials: int | None, seed: int) -> np.ndarray:
+    if max_materials is None or max_materials >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:max_materials])
+
+
+def _encode_all(structures: Sequence[Any], variant: str) -> tuple[list[str | None], list[str]]:
+    """SCOPE string per structure (None where it fails) and the failure reasons."""
+    from tokenizer import ScopeError
+    from train.tasks import encode_structure
+
+    scopes: list[str | None] = []
+    reasons: list[str] = []
+    for structure in structures:
+        try:
+            scopes.append(encode_structure(structure, variant))
+        except ScopeError as error:
+            scopes.append(None)
+            reasons.append(str(error))
+    return scopes, reasons
+
+
+def _load_petretto(
+    root: Path, variant: str, allow_sample: bool, max_materials: int | None, seed: int
+) -> ThermalData:
+    from cloud.phonons import cv_from_dos, load_petretto, u_from_dos
+
+    path, is_sample = _petretto_path(root, allow_sample)
+    rejected: list[Any] = []
+    records = load_petretto(path, rejected=rejected)
+    n_read = len(records)
+    records = [records[i] for i in _seeded_subset(len(records), max_materials, seed)]
+    scopes, failures = _encode_all([r.structure for r in records], variant)
+    kept = [i for i, scope in enumerate(scopes) if scope is not None]
+    records = [records[i] for i in kept]
+    freqs = np.stack([r.frequencies_cm for r in records])
+    dos = np.stack([r.dos for r in records])
+    n_atoms = np.array([r.n_atoms for r in records], dtype=float)
+
+    def curves(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return cv_from_dos(freqs, dos, T, n_atoms), u_from_dos(freqs, dos, T, n_atoms)
+
+    report = [
+        f"petretto: {path}{' (SHIPPED SAMPLE)' if is_sample else ''}",
+        f"  materials read: {n_read}; rows rejected: {len(rejected)}; "
+        f"subset kept: {len(scopes)}; SCOPE failures: {len(failures)}; materials: {len(kept)}",
+        "  targets: C_v, U integrated from the DFPT DOS (harmonic, zero-point included), "
+        "per mole of the CSV's cell; n_atoms = its sites",
+    ]
+    report += [f"  unreadable: {row}" for row in rejected[:5]]
+    report += [f"  SCOPE failure: {reason}" for reason in failures[:5]]
+    return ThermalData(
+        "petretto",
+        [r.mp_id for r in records],
+        [scopes[i] for i in kept],
+        n_atoms,
+        curves,
+        report,
+    )
+
+
+def _phonondb_directory(root: Path, allow_sample: bool) -> tuple[Path, bool, Any]:
+    """Directory with structures.jsonl.gz and thermal.jsonl.gz; the sample's files are named
+    *_sample.jsonl.gz, so they are linked under the reader's names in a temporary directory."""
+    full = root / "phonondb"
+    if (full / "thermal.jsonl.gz").is_file() and (full / "structures.jsonl.gz").is_file():
+        return full, False, None
+    sample = REPO / "data" / "phonondb"
+    if not allow_sample or not (sample / "thermal_sample.jsonl.gz").is_file():
+        raise FileNotFoundError(f"{full} lacks structures/thermal.jsonl.gz (no sample allowed)")
+    holder = tempfile.TemporaryDirectory(prefix="phonondb-sample-")
+    for name in ("structures", "thermal"):
+        os.symlink(sample / f"{name}_sample.jsonl.gz", Path(holder.name) / f"{name}.jsonl.gz")
+    return Path(holder.name), True, holder
+
+
+def _load_phonondb(
+    root: Path,
+    variant: str,
+    allow_sample: bool,
+    max_materials: int | None,
+    seed: int,
+    threshold: float,
+) -> ThermalData:
+    from cloud.phonons import load_phonondb
+
+    directory, is_sample, holder = _phonondb_directory(root, allow_sample)
+    try:
+        rejected: list[Any] = []
+        # Thermal data first without structures: building pymatgen objects for the unstable
+        # materials (a third of phonondb) would be wasted.
+        light = load_phonondb(directory, with_structures=False, rejected=rejected)
+        stable_ids = [r.mp_id for r in light if r.min_freq_thz >= threshold]
+        chosen = [stable_ids[i] for i in _seeded_subset(len(stable_ids), max_materials, seed)]
+        records = load_phonondb(directory, mp_ids=chosen, rejected=[])
+    finally:
+        if holder is not None:
+            holder.cleanup()
+    scopes, failures = _encode_all([r.structure for r in records], variant)
+    kept = [i for i, scope in enumerate(scopes) if scope is not None]
+    records = [records[i] for i in kept]
+    grid = records[0].temperatures
+    if any(not np.array_equal(r.temperatures, grid) for r in records):
+        raise ValueError("phonondb materials have different temperature grids")
+    cv_atom = np.stack([r.cv_per_atom for r in records])
+    u_atom = np.stack([r.internal_energy_per_atom for r in records])
+    n_atoms = np.array([r.natoms_unitcell for r in records], dtype=float)
+
+    def curves(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if T.min() < grid[0] or T.max() > grid[-1]:
+            raise ValueError(
+                f"phonondb covers {grid[0]:g}–{grid[-1]:g} K; asked for {T.min():g}–{T.max():g}"
+            )
+        cv = np.stack([np.interp(T, grid, row) for row in cv_atom])
+        u = np.stack([np.interp(T, grid, row) for row in u_atom])
+        return cv * n_atoms[:, None], u * n_atoms[:, None]
+
+    report = [
+        f"phonondb: {directory if not is_sample else 'data/phonondb/*_sample.jsonl.gz'}"
+        f"{' (SHIPPED SAMPLE)' if is_sample else ''}",
+        f"  materials read: {len(light)}; unreadable rows: {len(rejected)}; "
+        f"stable (min freq >= {threshold} THz): {len(stable_ids)}; subset: {len(chosen)}; "
+        f"SCOPE failures: {len(failures)}; materials: {len(kept)}",
+        "  targets: phonopy C_v, U per mole of atoms × natoms_unitcell (the encoded unit "
+        "cell), i.e. per mole of unit cells; linear interpolation off the 10 K grid",
+    ]
+    report += [f"  SCOPE failure: {reason}" for reason in failures[:5]]
+    return ThermalData(
+        "phonondb",
+        [r.mp_id for r in records],
+        [scopes[i] for i in kept],
+        n_atoms,
+        curves,
+        report,
+    )
+
+
+# --------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class MaterialSplit:
+    """Row indices into a ThermalData; disjoint by material."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    description: str
+
+
+def split_materials(
+    ids: Sequence[str],
+    *,
+    seed: int = 0,
+    fold: int | None = None,
+    n_folds: int = 5,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> MaterialSplit:
+    """Seeded split by material id: the order is a permutation of the sorted ids, so it does
+    not depend on the file's row order.
+
+    ``fold=None``: the first test_fraction of the permutation is test, the next val_fraction
+    validation, the rest training. ``fold=K``: the permutation is cut into n_folds near-equal
+    folds, fold K is test, and val_fraction of the rest (seeded) is validation.
+    """
+    if len(set(ids)) != len(ids):
+        raise ValueError("material ids must be unique to split by material")
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    permuted = order[np.random.default_rng(seed).permutation(len(ids))]
+    if fold is None:
+        n_test = max(1, round(test_fraction * len(ids)))
+        n_val = max(1, round(val_fraction * len(ids)))
+        test, val, train = np.split(permuted, [n_test, n_test + n_val])
+        description = (
+            f"seed {seed}: {1 - test_fraction - val_fraction:.0%} train / "
+            f"{val_fraction:.0%} val / {test_fraction:.0%} test by mp_id"
+        )
+    else:
+        if not 0 <= fold < n_folds:
+            raise ValueError(f"fold must be in [0, {n_folds}), got {fold}")
+        folds = np.array_split(permuted, n_folds)
+        test = folds[fold]
+        rest = np.concatenate([f for k, f in enumerate(folds) if k != fold])
+        rest = rest[np.random.default_rng(seed + 1 + fold).permutation(len(rest))]
+        n_val = max(1, round(val_fraction * len(rest)))
+        val, train = rest[:n_val], rest[n_val:]
+        description = (
+            f"seed {seed}: fold {fold} of {n_folds} by mp_id is test; {val_fraction:.0%} of "
+            "the other folds is validation"
+        )
+    if len(train) == 0:
+        raise ValueError(f"only {len(ids)} materials: nothing left to train on")
+    return MaterialSplit(np.sort(train), np.sort(val), np.sort(test), description)
+
+
+# --------------------------------------------------------------------------- targets, loss
+
+
+def normalised_targets(
+    cv: np.ndarray, u: np.ndarray, n_atoms: np.ndarray, u_reference_k: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """c = C_v / (3 n R) and u = U / (3 n R T_ref) of per-cell curves [M, n_T]."""
+    per_atom = THREE_R * n_atoms[:, None]
+    return cv / per_atom, u / (per_atom * u_reference_k)
+
+
+def debye_normalised(
+    theta: torch.Tensor, T: torch.Tensor, u_reference_k: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Debye (c, u) of θ [B] on a grid T [n_T] (per atom, dimensionless), [B, n_T] each."""
+    theta_b = theta.unsqueeze(-1)
+    c = debye.heat_capacity_per_atom(theta_b, T) / THREE_R
+    u = debye.internal_energy_per_atom(theta_b, T) / (THREE_R * u_reference_k)
+    return c, u
+
+
+def target_loss(
+    c_pred: torch.Tensor,
+    u_pred: torch.Tensor,
+    c_true: torch.Tensor,
+    u_true: torch.Tensor,
+    target: str,
+    kind: str = "l1",
+    u_weight: float = 1.0,
+) -> torch.Tensor:
+    """Mean over materials and temperatures of the per-atom loss on C_v, U or both."""
+
+    def error(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+        difference = pred - true
+        return difference.abs().mean() if kind == "l1" else difference.square().mean()
+
+    if target == "cv":
+        return error(c_pred, c_true)
+    if target == "u":
+        return error(u_pred, u_true)
+    return error(c_pred, c_true) + u_weight * error(u_pred, u_true)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def encode_scopes(
+    scopes: Sequence[str], tokenizer: Any, max_length: int
+) -> tuple[list[list[int]], list[int]]:
+    """Token ids per SCOPE string, and the indices too long for the model's positions."""
+    ids = [tokenizer.encode(scope) for scope in scopes]
+    too_long = [i for i, sequence in enumerate(ids) if len(sequence) > max_length]
+    return ids, too_long
+
+
+def make_batch(
+    tokenizer: Any, sequences: Sequence[Sequence[int]], device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor | None]:
+    """Padded model inputs of token-id sequences (no mask when nothing is padded)."""
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), tokenizer.pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), length), dtype=torch.long)
+    segments = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids)
+        attention[row, : len(ids)] = 1
+        segments[row, : len(ids)] = torch.as_tensor(tokenizer.segment_ids(ids))
+    padded = not bool(attention.all())
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention.to(device) if padded else None,
+        "segment_ids": segments.to(device),
+    }
+
+
+def _chunks(indices: np.ndarray, size: int) -> list[np.ndarray]:
+    return [indices[start : start + size] for start in range(0, len(indices), size)]
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def parameter_groups(
+    model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """AdamW groups: encoder vs head learning rate, decay on matrices only."""
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        rate = head_lr if name.startswith("head.") else lr
+        groups.setdefault((rate, param.ndim >= 2), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": rate,
+            "initial_lr": rate,
+            "weight_decay": weight_decay if decayed else 0.0,
+        }
+        for (rate, decayed), params in groups.items()
+    ]
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio`` of the peak."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps - 1, 1), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class FitHistory:
+    """What one training loop did."""
+
+    label: str
+    best_epoch: int
+    best_val: float
+    epochs_run: int
+    history: list[dict[str, float]]
+    wall_time_s: float
+
+
+def fit(
+    model: torch.nn.Module,
+    n_train: int,
+    batch_loss: Callable[[np.ndarray], torch.Tensor],
+    validate: Callable[[], float],
+    config: DebyeTrainConfig,
+    *,
+    label: str,
+    epochs: int | None = None,
+    patience: int | None = None,
+) -> FitHistory:
+    """Train ``model`` on minibatches of training positions 0…n_train−1 with AdamW, keep the
+    weights of the epoch with the lowest ``validate()`` (loaded back at the end)."""
+    epochs = config.epochs if epochs is None else epochs
+    patience = config.patience if patience is None else patience
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.lr, config.head_lr, config.weight_decay)
+    )
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    total = epochs * steps_per_epoch
+    warmup = max(1, round(config.warmup_ratio * total))
+    rng = np.random.default_rng(config.seed)
+    best_val, best_epoch, best_state = math.inf, -1, None
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        losses = []
+        for batch in _chunks(rng.permutation(n_train), config.batch_size):
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * lr_factor(
+                    step, total, warmup, config.min_lr_ratio
+                )
+            loss = batch_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
+        model.eval()
+        val = validate()
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val})
+        logger.info("%s epoch %d train %.4f val %.4f", label, epoch, history[-1]["train_loss"], val)
+        if val < best_val:
+            best_val, best_epoch = val, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif patience and epoch - best_epoch >= patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitHistory(
+        label, best_epoch, best_val, len(history), history, time.perf_counter() - started
+    )
+
+
+# --------------------------------------------------------------------------- CLOUD-DEBYE
+
+
+@dataclass
+class Encoded:
+    """Token ids of the materials of a ThermalData, for one tokenizer."""
+
+    tokenizer: Any
+    sequences: list[list[int]]
+    device: torch.device
+
+    def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor | None]:
+        return make_batch(self.tokenizer, [self.sequences[i] for i in rows], self.device)
+
+
+@torch.no_grad()
+def predict_theta(
+    model: CloudDebye, encoded: Encoded, rows: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """θ_D (K) of the materials ``rows`` (model in eval mode)."""
+    was_training = model.training
+    model.eval()
+    thetas = [
+        model.theta(encoded.batch(chunk)).double().cpu().numpy()
+        for chunk in _chunks(rows, batch_size)
+    ]
+    model.train(was_training)
+    return np.concatenate(thetas) if thetas else np.zeros(0)
+
+
+def train_cloud_debye(
+    model: CloudDebye,
+    encoded: Encoded,
+    c_true: np.ndarray,
+    u_true: np.ndarray,
+    split: MaterialSplit,
+    T: Sequence[float],
+    target: str,
+    config: DebyeTrainConfig,
+    *,
+    label: str = "cloud-debye",
+) -> FitHistory:
+    """Fit CLOUD-DEBYE on the per-atom normalised targets (c, u: [M, n_T] over all materials)
+    of the training rows, early-stopping on the same loss over the validation rows."""
+    device = encoded.device
+    grid = torch.tensor(T, dtype=torch.float32, device=device)
+    c_all = torch.tensor(c_true, dtype=torch.float32, device=device)
+    u_all = torch.tensor(u_true, dtype=torch.float32, device=device)
+
+    def loss_on(rows: np.ndarray, thetas: torch.Tensor) -> torch.Tensor:
+        c_pred, u_pred = debye_normalised(thetas, grid, config.u_reference_k)
+        index = torch.as_tensor(rows, device=device)
+        return target_loss(
+            c_pred, u_pred, c_all[index], u_all[index], target, config.loss, config.u_weight
+        )
+
+    def batch_loss(positions: np.ndarray) -> torch.Tensor:
+        rows = split.train[positions]
+        return loss_on(rows, model.theta(encoded.batch(rows)))
+
+    def validate() -> float:
+        thetas = torch.tensor(
+            predict_theta(model, encoded, split.val, config.eval_batch_size),
+            dtype=torch.float32,
+            device=device,
+        )
+        with torch.no_grad():
+            return float(loss_on(split.val, thetas))
+
+    return fit(model, len(split.train), batch_loss, validate, config, label=label)
+
+
+def pretrain_on_aflow(
+    model: CloudDebye,
+    tokenizer: Any,
+    config: DebyeTrainConfig,
+    variant: str,
+    excluded_scopes: set[str],
+) -> tuple[FitHistory, list[str]]:
+    """Train θ on AFLOW AGL Debye temperatures (L1 on log θ) before the thermal targets.
+
+    Rows whose SCOPE string is in ``excluded_scopes`` (the test materials) are left out, so
+    the test materials' θ never enters training. AGL's θ_D comes from a quasi-harmonic model
+    of the bulk modulus, not from a C_v fit, so it is a starting point, not the target.
+    """
+    from train.tasks import load_task
+
+    data = load_task(
+        "aflow_debye_temperature",
+        config.data_root,
+        variant=variant,
+        allow_sample=config.allow_sample,
+    )
+    max_length = model.config.max_position_embeddings
+    usable = [
+        e
+        for e in data.examples.values()
+        if e.ok
+        and e.role in ("train", "val")
+        and e.target
+        and e.target > 0
+        and e.scope not in excluded_scopes
+    ]
+    if config.aflow_max_rows is not None and len(usable) > config.aflow_max_rows:
+        keep = np.random.default_rng(config.seed).permutation(len(usable))[: config.aflow_max_rows]
+        usable = [usable[i] for i in sorted(keep)]
+    sequences, too_long = encode_scopes([e.scope for e in usable], tokenizer, max_length)
+    rows = [i for i in range(len(usable)) if i not in set(too_long)]
+    train_rows = [i for i in rows if usable[i].role == "train"]
+    val_rows = [i for i in rows if usable[i].role == "val"] or train_rows[
+        : max(1, len(train_rows) // 10)
+    ]
+    device = next(model.parameters()).device
+    log_theta = torch.log(torch.tensor([float(e.target) for e in usable], device=device))
+    encoded = Encoded(tokenizer, sequences, device)
+    train_index, val_index = np.array(train_rows), np.array(val_rows)
+
+    def batch_loss(positions: np.ndarray) -> torch.Tensor:
+        chosen = train_index[positions]
+        predicted = torch.log(model.theta(encoded.batch(chosen)))
+        return (predicted - log_theta[torch.as_tensor(chosen, device=device)]).abs().mean()
+
+    def validate() -> float:
+        theta = torch.tensor(
+            predict_theta(model, encoded, val_index, config.eval_batch_size), device=device
+        )
+        return float(
+            (torch.log(theta) - log_theta[torch.as_tensor(val_index, device=device)].double())
+            .abs()
+            .mean()
+        )
+
+    history = fit(
+        model,
+        len(train_index),
+        batch_loss,
+        validate,
+        config,
+        label="aflow-theta",
+        epochs=config.aflow_epochs,
+    )
+    report = [
+        *data.report.lines(),
+        f"  AFLOW θ pre-training: {len(train_index)} train / {len(val_index)} val rows "
+        f"({len(too_long)} too long; test SCOPE strings excluded); best val |Δ log θ| "
+        f"{history.best_val:.3f} at epoch {history.best_epoch}",
+    ]
+    return history, report
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def train_direct_cv300(
+    pretrained_encoder: Any,
+    encoded: Encoded,
+    c300: np.ndarray,
+    split: MaterialSplit,
+    config: DebyeTrainConfig,
+) -> tuple[np.ndarray, FitHistory]:
+    """The direct regressor: the same encoder + an MLP head (``cloud.heads``) fitted to the
+    per-atom C_v(300 K)/(3R) of the training rows (L1, standardised). Returns its per-atom
+    prediction c(300 K) for every material and the training history."""
+    from cloud.heads import CloudForPropertyPrediction, HeadConfig
+
+    head = HeadConfig(
+        task_type="regression",
+        num_outputs=1,
+        hidden_sizes=list(config.head.hidden_sizes),
+        dropout=config.head.dropout,
+        activation=config.head.activation,
+    )
+    torch.manual_seed(config.seed)
+    model = CloudForPropertyPrediction.from_pretrained_encoder(
+        pretrained_encoder, head, dropout=config.encoder_dropout
+    )
+    model.to(encoded.device)
+    train_values = c300[split.train]
+    model.set_target_scaling(float(train_values.mean()), float(train_values.std()))
+    targets = torch.tensor(c300, dtype=torch.float32, device=encoded.device)
+
+    def batch_loss(positions: np.ndarray) -> torch.Tensor:
+        rows = split.train[positions]
+        batch = encoded.batch(rows)
+        output = model(batch["input_ids"], batch["attention_mask"], batch["segment_ids"]).squeeze(
+            -1
+        )
+        wanted = model.standardise(targets[torch.as_tensor(rows, device=encoded.device)])
+        return (output - wanted).abs().mean()
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        values = []
+        for chunk in _chunks(rows, config.eval_batch_size):
+            batch = encoded.batch(chunk)
+            values.append(
+                model.predict(batch["input_ids"], batch["attention_mask"], batch["segment_ids"])
+                .squeeze(-1)
+                .double()
+                .cpu()
+                .numpy()
+            )
+        return np.concatenate(values)
+
+    def validate() -> float:
+        return float(np.abs(predict(split.val) - c300[split.val]).mean())
+
+    history = fit(model, len(split.train), batch_loss, validate, config, label="direct-cv300")
+    return predict(np.arange(len(c300))), history
+
+
+def fit_constant_theta(
+    T: Sequence[float],
+    c_true: np.ndarray,
+    u_true: np.ndarray,
+    target: str,
+    *,
+    kind: str = "l1",
+    u_weight: float = 1.0,
+    u_reference_k: float = 300.0,
+    theta_min: float = 1.0,
+    theta_max: float = 1.0e4,
+) -> float:
+    """The one θ_D (K) minimising the training loss over all the given materials (per-atom
+    normalised c, u [M, n_T] on the grid T): a 400-point log grid over [theta_min,
+    theta_max], then a 400-point grid between the best point's neighbours (~1e-4 relative)."""
+    grid = torch.tensor(T, dtype=torch.float64)
+    c_t = torch.tensor(c_true, dtype=torch.float64)
+    u_t = torch.tensor(u_true, dtype=torch.float64)
+
+    def losses(log_thetas: torch.Tensor) -> torch.Tensor:
+        values = []
+        # Chunks bound the [candidates, materials, temperatures] error table.
+        chunk = max(1, 2_000_000 // max(1, c_t.numel()))
+        for part in log_thetas.split(chunk):
+            c_pred, u_pred = debye_normalised(part.exp(), grid, u_reference_k)
+            values.append(_constant_theta_losses(c_pred, u_pred, c_t, u_t, target, kind, u_weight))
+        return torch.cat(values)
+
+    candidates = torch.linspace(math.log(theta_min), math.log(theta_max), 400, dtype=torch.float64)
+    for _ in range(2):
+        best = int(losses(candidates).argmin())
+        low = candidates[max(best - 1, 0)]
+        high = candidates[min(best + 1, len(candidates) - 1)]
+        candidates = torch.linspace(float(low), float(high), 400, dtype=torch.float64)
+    return math.exp(float(candidates[len(candidates) // 2]))
+
+
+def _constant_theta_losses(
+    c_pred: torch.Tensor,
+    u_pred: torch.Tensor,
+    c_true: torch.Tensor,
+    u_true: torch.Tensor,
+    target: str,
+    kind: str,
+    u_weight: float,
+) -> torch.Tensor:
+    """``target_loss`` of each candidate θ (rows of c_pred, u_pred [G, n_T]) over all
+    materials (c_true, u_true [M, n_T]), [G]."""
+
+    def error(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+        difference = pred[:, None, :] - true[None]
+        return (difference.abs() if kind == "l1" else difference.square()).mean(dim=(1, 2))
+
+    if target == "cv":
+        return error(c_pred, c_true)
+    if target == "u":
+        return error(u_pred, u_true)
+    return error(c_pred, c_true) + u_weight * error(u_pred, u_true)
+
+
+def oracle_theta(
+    T: Sequence[float],
+    cv: np.ndarray,
+    n_atoms: np.ndarray,
+    *,
+    criterion: str = "mae",
+    theta_min: float = 1.0,
+    theta_max: float = 1.0e4,
+) -> np.ndarray:
+    """Per material, the θ_D (K) whose Debye C_v best fits its true C_v curve [M, n_T] on the
+    grid T: ``mae`` minimises the mean |ΔC_v| over the grid (the metric reported, so no Debye
+    predictor can have a lower curve-mean MAE on a material) by a 400-point log grid and a
+    400-point refinement per material; ``lsq`` is ``cloud.debye.debye_theta_fit``."""
+    if criterion == "lsq":
+        theta = debye.debye_theta_fit(
+            torch.tensor(T, dtype=torch.float64),
+            torch.tensor(cv, dtype=torch.float64),
+            torch.tensor(n_atoms, dtype=torch.float64),
+        )
+        return theta.numpy()
+    if criterion != "mae":
+        raise ValueError(f"criterion must be mae or lsq, got {criterion!r}")
+    grid = torch.tensor(T, dtype=torch.float64)
+    c_true = torch.tensor(cv / (THREE_R * np.asarray(n_atoms)[:, None]), dtype=torch.float64)
+    coarse = torch.linspace(math.log(theta_min), math.log(theta_max), 400, dtype=torch.float64)
+    candidates = coarse.expand(len(c_true), -1)
+    for _ in range(2):
+        errors = _per_material_mae(candidates, grid, c_true)
+        best = errors.argmin(dim=1, keepdim=True)
+        width = candidates.shape[1] - 1
+        low = candidates.gather(1, (best - 1).clamp(0, width))
+        high = candidates.gather(1, (best + 1).clamp(0, width))
+        steps = torch.linspace(0.0, 1.0, 400, dtype=torch.float64)
+        candidates = low + (high - low) * steps
+    return candidates[:, 200].exp().numpy()
+
+
+def _per_material_mae(
+    log_thetas: torch.Tensor, grid: torch.Tensor, c_true: torch.Tensor
+) -> torch.Tensor:
+    """Mean |c_Debye(θ) − c| over the grid for candidate log θ [M, G] of materials c [M, n_T]."""
+    rows = max(1, 4_000_000 // max(1, log_thetas.shape[1] * len(grid)))
+    parts = []
+    for start in range(0, len(c_true), rows):
+        chunk = log_thetas[start : start + rows]
+        c_pred = heat_capacity_per_atom_grid(chunk.exp(), grid)
+        parts.append((c_pred - c_true[start : start + rows, None, :]).abs().mean(dim=-1))
+    return torch.cat(parts)
+
+
+def heat_capacity_per_atom_grid(theta: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Normalised Debye c = C_v / (3R) for θ of any shape on a grid [n_T]: θ.shape + (n_T,)."""
+    return debye.heat_capacity_per_atom(theta.unsqueeze(-1), grid) / THREE_R
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class MethodCurves:
+    """One predictor's test-set predictions per mole of cells; None where it cannot answer."""
+
+    name: str
+    label: str
+    theta: np.ndarray | None
+    """θ_D per test material, K (Debye-based methods only)."""
+    cv: np.ndarray | None
+    """C_v [M_test, n_T], J/(mol K); for a single-temperature method only its column is set."""
+    u: np.ndarray | None
+    """U [M_test, n_T], J/mol."""
+    temperatures_answered: str
+    """Which temperatures it can predict: all, or 300 K only."""
+    note: str = ""
+
+
+def debye_curves(
+    theta: np.ndarray, T: Sequence[float], n_atoms: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Debye (C_v, U) per mole of cells, [M, n_T] each, for θ [M]."""
+    theta_t = torch.tensor(theta, dtype=torch.float64)[:, None]
+    grid = torch.tensor(T, dtype=torch.float64)
+    atoms = torch.tensor(n_atoms, dtype=torch.float64)[:, None]
+    return debye.heat_capacity(theta_t, grid, atoms).numpy(), debye.internal_energy(
+        theta_t, grid, atoms
+    ).numpy()
+
+
+def absolute_errors(
+    pred: np.ndarray | None, true: np.ndarray, n_atoms: np.ndarray
+) -> dict[str, Any] | None:
+    """MAE per temperature, per cell and per atom, and the standard error of each MAE over the
+    materials (std of |error| / √M); NaN columns (not predicted) stay NaN."""
+    if pred is None:
+        return None
+    error = np.abs(pred - true)
+    answered = ~np.all(np.isnan(error), axis=0)
+    result = {}
+    for unit, values in (("per_cell", error), ("per_atom", error / n_atoms[:, None])):
+        mae, standard_error = np.full(error.shape[1], np.nan), np.full(error.shape[1], np.nan)
+        mae[answered] = values[:, answered].mean(axis=0)
+        if len(values) > 1:
+            spread = values[:, answered].std(axis=0, ddof=1)
+            standard_error[answered] = spread / math.sqrt(len(values))
+        result[unit], result[f"se_{unit}"] = mae, standard_error
+    return result
+
+
+def summarise_method(
+    method: MethodCurves,
+    truth_cv: np.ndarray,
+    truth_u: np.ndarray,
+    n_atoms: np.ndarray,
+    T: Sequence[float],
+    train_range: tuple[float, float],
+) -> dict[str, Any]:
+    """MAEs at 300 K, averaged over the grid and over its bands, and the per-T curves."""
+    T = np.asarray(T)
+    at300 = int(np.flatnonzero(np.isclose(T, SINGLE_TEMPERATURE))[0])
+    result: dict[str, Any] = {
+        "label": method.label,
+        "temperatures_answered": method.temperatures_answered,
+        "note": method.note,
+    }
+    bands = {
+        "all": np.ones_like(T, dtype=bool),
+        "below_50K": T < 50,
+        "train_range": (train_range[0] <= T) & (train_range[1] >= T),
+        "above_800K": T > 800,
+    }
+    for quantity, pred, true, scale in (
+        ("cv", method.cv, truth_cv, 1.0),
+        ("u", method.u, truth_u, 1e-3),
+    ):
+        errors = absolute_errors(pred, true, n_atoms)
+        if errors is None:
+            result[quantity] = None
+            continue
+        per_cell, per_atom = errors["per_cell"] * scale, errors["per_atom"] * scale
+        entry: dict[str, Any] = {
+            "mae_300K_per_cell": _finite_or_none(per_cell[at300]),
+            "mae_300K_per_atom": _finite_or_none(per_atom[at300]),
+            "se_300K_per_cell": _finite_or_none(errors["se_per_cell"][at300] * scale),
+            "se_300K_per_atom": _finite_or_none(errors["se_per_atom"][at300] * scale),
+            "mae_vs_T_per_cell": [_finite_or_none(v) for v in per_cell],
+            "mae_vs_T_per_atom": [_finite_or_none(v) for v in per_atom],
+        }
+        for band, mask in bands.items():
+            values = per_cell[mask]
+            ok = bool(mask.any()) and not np.any(np.isnan(values))
+            entry[f"mae_mean_{band}_per_cell"] = float(values.mean()) if ok else None
+            entry[f"mae_mean_{band}_per_atom"] = float(per_atom[mask].mean()) if ok else None
+        result[quantity] = entry
+    return result
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass
+class DebyeRunResult:
+    """A whole run: where the outputs are, the metrics, the trained model."""
+
+    out: Path
+    metrics: dict[str, Any]
+    model: CloudDebye
+    split: MaterialSplit
+    data: ThermalData
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def checkpoint_variant(pretrained: Any) -> str:
+    """The SCOPE variant the package's model reads; cloud when it does not say."""
+    config = getattr(pretrained, "config", None) or {}
+    record = config.get("tokenizer", {}) if isinstance(config, dict) else {}
+    if isinstance(record.get("variant"), str):
+        return record["variant"]
+    metadata = getattr(pretrained, "metadata", None) or {}
+    return (metadata.get("training_data") or {}).get("variant") or "cloud"
+
+
+def _drop_rows(data: ThermalData, keep: np.ndarray, reason: str, count: int) -> ThermalData:
+    if count == 0:
+        return data
+    full = data.curve_function
+
+    def curves(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cv, u = full(T)
+        return cv[keep], u[keep]
+
+    return ThermalData(
+        data.source,
+        [data.ids[i] for i in keep],
+        [data.scopes[i] for i in keep],
+        data.n_atoms[keep],
+        curves,
+        [*data.report, f"  left out {count} material(s): {reason}"],
+    )
+
+
+@dataclass
+class RunContext:
+    """What every stage of a run shares: the data, split, tokens and target tables."""
+
+    config: DebyeTrainConfig
+    data: ThermalData
+    split: MaterialSplit
+    encoded: Encoded
+    encoder_owner: Any
+    """The pretrained package's model (its ``.encoder`` is copied into each new model)."""
+    target: str
+    train_grid: list[float]
+    eval_grid: list[float]
+    c_train: np.ndarray
+    """Normalised C_v, c = C_v / (3 n R), of every material on the training grid."""
+    u_train: np.ndarray
+    """Normalised U, u = U / (3 n R T_ref), of every material on the training grid."""
+    cv_test: np.ndarray
+    """True C_v per mole of cells of the test materials on the evaluation grid."""
+    u_test: np.ndarray
+    """True U per mole of cells of the test materials on the evaluation grid."""
+
+    @property
+    def n_atoms_test(self) -> np.ndarray:
+        return self.data.n_atoms[self.split.test]
+
+    @property
+    def train_range(self) -> tuple[float, float]:
+        return min(self.train_grid), max(self.train_grid)
+
+    def new_model(self) -> CloudDebye:
+        """A fresh CLOUD-DEBYE on a copy of the pretrained encoder, seeded."""
+        torch.manual_seed(self.config.seed)
+        model = CloudDebye.from_pretrained_encoder(
+            self.encoder_owner, self.config.head, dropout=self.config.encoder_dropout
+        )
+        return model.to(self.encoded.device)
+
+    def debye_method(
+        self, name: str, label: str, theta: np.ndarray, note: str = ""
+    ) -> MethodCurves:
+        """Test-set curves of a Debye predictor from its θ per test material."""
+        cv, u = debye_curves(theta, self.eval_grid, self.n_atoms_test)
+        return MethodCurves(name, label, theta, cv, u, "all", note)
+
+
+def run_debye(
+    config: DebyeTrainConfig,
+    *,
+    pretrained: Any = None,
+    data: ThermalData | None = None,
+    progress: bool = False,
+) -> DebyeRunResult:
+    """Train CLOUD-DEBYE per ``config``, evaluate it (and the ``compare`` methods) on the test
+    materials, write results.json, report.md, predictions.csv, figures and the model.
+    ``pretrained`` (a loaded package) and ``data`` skip loading them again."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.perf_counter()
+    if pretrained is None:
+        from cloud.export import load_pretrained
+
+        pretrained = load_pretrained(config.checkpoint)
+    variant = config.variant or checkpoint_variant(pretrained)
+    context = prepare_run(config, pretrained, variant, data)
+    report_lines = list(context.data.report)
+    histories: dict[str, FitHistory] = {}
+    model = context.new_model()
+    if config.aflow_epochs:
+        test_scopes = {context.data.scopes[i] for i in context.split.test}
+        histories["aflow"], aflow_report = pretrain_on_aflow(
+            model, pretrained.tokenizer, config, variant, test_scopes
+        )
+        report_lines += aflow_report
+    histories["cloud_debye"] = train_cloud_debye(
+        model,
+        context.encoded,
+        context.c_train,
+        context.u_train,
+        context.split,
+        context.train_grid,
+        context.target,
+        config,
+    )
+    if progress:
+        best = histories["cloud_debye"]
+        logger.info("CLOUD-DEBYE: best val %.4f at epoch %d", best.best_val, best.best_epoch)
+    theta = predict_theta(model, context.encoded, context.split.test, config.eval_batch_size)
+    methods = [
+        context.debye_method("cloud_debye", f"CLOUD-DEBYE ({_protocol_label(config)})", theta)
+    ]
+    methods += compare_methods(context, histories)
+    metrics = run_metrics(context, methods, histories, pretrained, variant, report_lines)
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
+    out = Path(config.out or f"runs/debye/{config.data}-{config.protocol}-{context.target}")
+    write_outputs(out, context, methods, metrics)
+    if config.save_model:
+        save_debye_model(model, pretrained.tokenizer, variant, out / "model", metrics)
+    return DebyeRunResult(out, metrics, model, context.split, context.data)
+
+
+def prepare_run(
+    config: DebyeTrainConfig, pretrained: Any, variant: str, data: ThermalData | None
+) -> RunContext:
+    """Load and tokenise the data, split it by material, tabulate the targets."""
+    tokenizer = pretrained.tokenizer
+    max_length = pretrained.model.encoder.config.max_position_embeddings
+    if data is None:
+        data = load_thermal_data(
+            config.data,
+            config.data_root,
+            variant=variant,
+            allow_sample=config.allow_sample,
+            max_materials=config.max_materials,
+            seed=config.seed,
+            stability_threshold_thz=config.stability_threshold_thz,
+        )
+    sequences, too_long = encode_scopes(data.scopes, tokenizer, max_length)
+    keep = np.array([i for i in range(len(data)) if i not in set(too_long)], dtype=int)
+    data = _drop_rows(data, keep, f"more than the model's {max_length} positions", len(too_long))
+    for line in data.report:
+        logger.info(line)
+    split = split_materials(
+        data.ids,
+        seed=config.seed,
+        fold=config.fold,
+        n_folds=config.n_folds,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+    )
+    train_grid, eval_grid = config.train_temperatures(), config.evaluation_temperatures()
+    c_train, u_train = normalised_targets(
+        *data.curves(train_grid), data.n_atoms, config.u_reference_k
+    )
+    cv_eval, u_eval = data.curves(eval_grid)
+    return RunContext(
+        config=config,
+        data=data,
+        split=split,
+        encoded=Encoded(tokenizer, [sequences[i] for i in keep], resolve_device(config.device)),
+        encoder_owner=pretrained.model,
+        target=config.resolved_target,
+        train_grid=train_grid,
+        eval_grid=eval_grid,
+        c_train=c_train,
+        u_train=u_train,
+        cv_test=cv_eval[split.test],
+        u_test=u_eval[split.test],
+    )
+
+
+def compare_methods(context: RunContext, histories: dict[str, FitHistory]) -> list[MethodCurves]:
+    """The ``compare`` predictors on the test materials, in a fixed order."""
+    config = context.config
+    methods = []
+    main_is_single = config.protocol == "single"
+    if "debye_single" in config.compare and not main_is_single:
+        methods.append(single_protocol_method(context, histories))
+    if "direct" in config.compare:
+        methods.append(direct_method(context, histories))
+    if "constant" in config.compare:
+        methods.append(constant_theta_method(context))
+    if "oracle" in config.compare:
+        theta = oracle_theta(context.eval_grid, context.cv_test, context.n_atoms_test)
+        grid = f"{min(context.eval_grid):g}–{max(context.eval_grid):g} K"
+        label = f"oracle Debye fit (θ per test material minimising its C_v MAE over {grid})"
+        note = "uses the test truth: the floor of the curve-mean C_v MAE for any Debye model"
+        methods.append(context.debye_method("oracle", label, theta, note))
+    if "oracle_300" in config.compare:
+        methods.append(oracle_300_method(context))
+    return methods
+
+
+def oracle_300_method(context: RunContext) -> MethodCurves:
+    """θ per test material that reproduces its true C_v(300 K) exactly (any 0 < C_v < 3nR is
+    a Debye C_v at 300 K for one θ): the best case of the single-temperature protocol, and
+    how that θ extrapolates to other temperatures."""
+    at300 = context.eval_grid.index(SINGLE_TEMPERATURE)
+    cv300 = context.cv_test[:, at300 : at300 + 1]
+    theta = oracle_theta([SINGLE_TEMPERATURE], cv300, context.n_atoms_test, criterion="lsq")
+    label = "oracle θ matching each test material's true C_v(300 K)"
+    note = "uses the test truth: C_v error 0 at 300 K by construction"
+    return context.debye_method("oracle_300", label, theta, note)
+
+
+def single_protocol_method(context: RunContext, histories: dict[str, FitHistory]) -> MethodCurves:
+    """CLOUD-DEBYE trained the paper's way (C_v at 300 K only) on the same split."""
+    config = context.config
+    single_config = dataclasses.replace(config, protocol="single", target="cv", temperatures=None)
+    cv300, u300 = context.data.curves([SINGLE_TEMPERATURE])
+    c300, _ = normalised_targets(cv300, u300, context.data.n_atoms, config.u_reference_k)
+    model = context.new_model()
+    histories["cloud_debye_single"] = train_cloud_debye(
+        model,
+        context.encoded,
+        c300,
+        np.zeros_like(c300),
+        context.split,
+        [SINGLE_TEMPERATURE],
+        "cv",
+        single_config,
+        label="cloud-debye-single",
+    )
+    theta = predict_theta(model, context.encoded, context.split.test, config.eval_batch_size)
+    label = "CLOUD-DEBYE (paper protocol: C_v at 300 K)"
+    return context.debye_method("cloud_debye_single", label, theta)
+
+
+def direct_method(context: RunContext, histories: dict[str, FitHistory]) -> MethodCurves:
+    """The direct MLP on C_v at 300 K: a C_v column at 300 K, NaN elsewhere, no U."""
+    cv300, _ = context.data.curves([SINGLE_TEMPERATURE])
+    c300_atom = cv300[:, 0] / (THREE_R * context.data.n_atoms)
+    predicted, histories["direct"] = train_direct_cv300(
+        context.encoder_owner, context.encoded, c300_atom, context.split, context.config
+    )
+    test = context.split.test
+    cv = np.full((len(test), len(context.eval_grid)), np.nan)
+    cv[:, context.eval_grid.index(SINGLE_TEMPERATURE)] = (
+        predicted[test] * THREE_R * context.n_atoms_test
+    )
+    note = "predicts C_v per atom at 300 K (× n_atoms); N/A at other temperatures and for U"
+    return MethodCurves("direct", "direct MLP on C_v(300 K)", None, cv, None, "300 K only", note)
+
+
+def constant_theta_method(context: RunContext) -> MethodCurves:
+    """The best single θ of the training materials under the run's own loss."""
+    config = context.config
+    train = context.split.train
+    constant = fit_constant_theta(
+        context.train_grid,
+        context.c_train[train],
+        context.u_train[train],
+        context.target,
+        kind=config.loss,
+        u_weight=config.u_weight,
+        u_reference_k=config.u_reference_k,
+    )
+    theta = np.full(len(context.split.test), constant)
+    label = f"constant θ = {constant:.0f} K (best on training set)"
+    return context.debye_method("constant", label, theta)
+
+
+def run_metrics(
+    context: RunContext,
+    methods: Sequence[MethodCurves],
+    histories: Mapping[str, FitHistory],
+    pretrained: Any,
+    variant: str,
+    report_lines: list[str],
+) -> dict[str, Any]:
+    """Everything results.json records."""
+    config, data, split = context.config, context.data, context.split
+    train_scopes = {data.scopes[j] for j in split.train}
+    return {
+        "data": data.source,
+        "protocol": config.protocol,
+        "target": context.target,
+        "train_temperatures": context.train_grid,
+        "eval_temperatures": context.eval_grid,
+        "split": {
+            "description": split.description,
+            "n_train": len(split.train),
+            "n_val": len(split.val),
+            "n_test": len(split.test),
+            "test_scopes_also_in_train": sum(data.scopes[i] in train_scopes for i in split.test),
+        },
+        "methods": {
+            m.name: summarise_method(
+                m,
+                context.cv_test,
+                context.u_test,
+                context.n_atoms_test,
+                context.eval_grid,
+                context.train_range,
+            )
+            for m in methods
+        },
+        "training": {name: dataclasses.asdict(h) for name, h in histories.items()},
+        "checkpoint": str(config.checkpoint),
+        "checkpoint_metadata": getattr(pretrained, "metadata", {}) or {},
+        "variant": variant,
+        "data_report": report_lines,
+        "config": config.to_dict(),
+    }
+
+
+def write_outputs(
+    out: Path, context: RunContext, methods: Sequence[MethodCurves], metrics: Mapping[str, Any]
+) -> None:
+    """config.yaml, results.json, predictions.csv, report.md and the figures."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(context.config.to_dict(), sort_keys=False))
+    (out / RESULTS_FILE).write_text(json.dumps(_jsonable(metrics), indent=1))
+    write_predictions(out / PREDICTIONS_FILE, context, methods)
+    (out / REPORT_FILE).write_text(render_report(metrics))
+    if context.config.plots:
+        write_figures(out / "figures", context, methods, metrics)
+
+
+def _protocol_label(config: DebyeTrainConfig) -> str:
+    if config.protocol == "single":
+        return "paper protocol: C_v at 300 K"
+    T = config.train_temperatures()
+    quantity = {"cv": "C_v", "u": "U", "both": "C_v + U"}[config.resolved_target]
+    return f"{quantity} on {min(T):g}–{max(T):g} K, {len(T)} temperatures"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def save_debye_model(
+    model: CloudDebye, tokenizer: Any, variant: str, path: Path, metrics: Mapping[str, Any]
+) -> None:
+    from cloud.export import save_pretrained
+
+    cloud_debye = metrics["methods"]["cloud_debye"]
+    metadata = {
+        "finetune": {
+            "task": f"CLOUD-DEBYE on {metrics['data']} ({metrics['protocol']}, target {metrics['target']})",
+            "output": "theta_D in K; C_v(T), U(T) per mole of cells via cloud.debye with n_atoms",
+            "train_temperatures_K": metrics["train_temperatures"],
+            "split": metrics["split"],
+            "test_cv_mae_300K_per_cell": (cloud_debye["cv"] or {}).get("mae_300K_per_cell"),
+            "pretrained_checkpoint": metrics["checkpoint"],
+        },
+        "training_data": {"variant": variant},
+    }
+    save_pretrained(
+        model.eval(), tokenizer, path, metadata=_jsonable(metadata), variant=variant, overwrite=True
+    )
+
+
+def write_predictions(path: Path, context: RunContext, methods: Sequence[MethodCurves]) -> None:
+    """One CSV row per test material: θ of every Debye method, C_v and U at 300 K."""
+    import csv
+
+    at300 = context.eval_grid.index(SINGLE_TEMPERATURE)
+    columns = ["mp_id", "scope", "n_atoms", "cv300_true", "u300_true"]
+    for method in methods:
+        columns += [f"theta_{method.name}", f"cv300_{method.name}", f"u300_{method.name}"]
+    data = context.data
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for k, row in enumerate(context.split.test):
+            values: list[Any] = [
+                data.ids[row],
+                data.scopes[row],
+                int(data.n_atoms[row]),
+                f"{context.cv_test[k, at300]:.6g}",
+                f"{context.u_test[k, at300]:.6g}",
+            ]
+            for method in methods:
+                values += [
+                    _cell(method.theta, k, None, ".4f"),
+                    _cell(method.cv, k, at300, ".6g"),
+                    _cell(method.u, k, at300, ".6g"),
+                ]
+            writer.writerow(values)
+
+
+def _cell(values: np.ndarray | None, row: int, column: int | None, spec: str) -> str:
+    if values is None:
+        return ""
+    value = values[row] if column is None else values[row, column]
+    return "" if np.isnan(value) else format(value, spec)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "N/A" if value is None else f"{value:.{digits}f}"
+
+
+def results_table(metrics: Mapping[str, Any]) -> str:
+    """Markdown table of the test MAEs: per mole of cells, per mole of atoms in brackets;
+    ± one standard error over the test materials at 300 K."""
+    grid = metrics["eval_temperatures"]
+    span = f"{min(grid):g}–{max(grid):g} K"
+    lines = [
+        f"| method | C_v MAE @300 K, J/(mol K) | U MAE @300 K, kJ/mol | C_v MAE {span} "
+        f"| U MAE {span} | C_v MAE on training T range | C_v MAE above 800 K |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry in metrics["methods"].values():
+        cv, u = entry.get("cv"), entry.get("u")
+        cells = [
+            _mae_text(cv, "mae_300K", 2, with_se=True),
+            _mae_text(u, "mae_300K", 3, with_se=True),
+            _mae_text(cv, "mae_mean_all", 2),
+            _mae_text(u, "mae_mean_all", 3),
+            _mae_text(cv, "mae_mean_train_range", 2),
+            _mae_text(cv, "mae_mean_above_800K", 2),
+        ]
+        lines.append(f"| {entry['label']} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def _mae_text(
+    section: Mapping[str, Any] | None, key: str, digits: int, with_se: bool = False
+) -> str:
+    """ "MAE per cell (per atom)", with "± SE" when asked; N/A when the method cannot answer."""
+    if section is None or section.get(f"{key}_per_cell") is None:
+        return "N/A"
+    text = _fmt(section[f"{key}_per_cell"], digits)
+    if with_se and section.get("se_300K_per_cell") is not None:
+        text += f" ± {_fmt(section['se_300K_per_cell'], digits)}"
+    return f"{text} ({_fmt(section[f'{key}_per_atom'], digits)})"
+
+
+def render_report(metrics: Mapping[str, Any]) -> str:
+    split = metrics["split"]
+    lines = [
+        f"# CLOUD-DEBYE on {metrics['data']}",
+        "",
+        f"Protocol {metrics['protocol']}, target {metrics['target']}, training temperatures "
+        f"{_grid_text(metrics['train_temperatures'])} K; checkpoint `{metrics['checkpoint']}`.",
+        "",
+        f"Split: {split['description']}: {split['n_train']} train, {split['n_val']} val, "
+        f"{split['n_test']} test materials ({split['test_scopes_also_in_train']} test SCOPE "
+        "strings also occur in training: SCOPE has no coordinates).",
+        "",
+        "Test-set MAE per mole of cells (per mole of atoms in brackets); means over the "
+        "evaluation grid's temperatures.",
+        "",
+        results_table(metrics),
+        "",
+        "## Training",
+        "",
+    ]
+    for name, history in metrics["training"].items():
+        lines.append(
+            f"- {name}: best validation {history['best_val']:.4f} at epoch {history['best_epoch']} "
+            f"of {history['epochs_run']} ({history['wall_time_s']:.0f} s)"
+        )
+    lines += ["", "## Data", "", *(f"    {line}" for line in metrics["data_report"]), ""]
+    return "\n".join(lines)
+
+
+def _grid_text(T: Sequence[float]) -> str:
+    if len(T) == 1:
+        return f"{T[0]:g}"
+    return f"{min(T):g}–{max(T):g} ({len(T)} points)"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+_STYLES: dict[str, dict[str, Any]] = {
+    "cloud_debye": {"color": "C0", "linestyle": "-"},
+    "cloud_debye_single": {"color": "C1", "linestyle": "-."},
+    "constant": {"color": "C7", "linestyle": ":"},
+    "oracle": {"color": "C2", "linestyle": "--"},
+    "oracle_300": {"color": "C4", "linestyle": (0, (1, 1))},
+    "direct": {"color": "C3", "marker": "*", "markersize": 12, "linestyle": "none"},
+}
+_SHORT_LABELS = {
+    "cloud_debye": "CLOUD-DEBYE",
+    "cloud_debye_single": "CLOUD-DEBYE (300 K)",
+    "constant": "constant θ",
+    "oracle": "oracle fit",
+    "oracle_300": "oracle θ @300 K",
+    "direct": "direct MLP (300 K)",
+}
+
+
+def write_figures(
+    directory: Path,
+    context: RunContext,
+    methods: Sequence[MethodCurves],
+    metrics: Mapping[str, Any],
+) -> list[Path]:
+    """mae_vs_temperature.png, curves.png (six test materials), theta_parity.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [
+        directory / "mae_vs_temperature.png",
+        directory / "curves.png",
+        directory / "theta_parity.png",
+    ]
+    plot_mae_vs_temperature(paths[0], context, metrics)
+    plot_material_curves(paths[1], context, methods)
+    plot_theta_parity(paths[2], context, methods)
+    return paths
+
+
+def plot_mae_vs_temperature(path: Path, context: RunContext, metrics: Mapping[str, Any]) -> None:
+    """Test MAE per atom of C_v and U against T, one line per method (direct: one point)."""
+    import matplotlib.pyplot as plt
+
+    T = np.asarray(context.eval_grid)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, entry in metrics["methods"].items():
+        for axis, quantity in zip(axes, ("cv", "u"), strict=True):
+            if entry.get(quantity) is None:
+                continue
+            values = entry[quantity]["mae_vs_T_per_atom"]
+            values = np.array([np.nan if v is None else v for v in values])
+            axis.plot(T, values, label=entry["label"], **_STYLES.get(name, {}))
+    ylabels = ("C_v MAE per atom, J/(mol K)", "U MAE per atom, kJ/mol")
+    for axis, ylabel in zip(axes, ylabels, strict=True):
+        axis.axvspan(*context.train_range, color="0.9", zorder=0, label="training temperatures")
+        axis.set_xlabel("T (K)")
+        axis.set_ylabel(ylabel)
+        axis.set_xlim(0, T.max())
+        axis.set_ylim(bottom=0)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(
+        f"Test-set MAE vs temperature ({metrics['data']}, {len(context.split.test)} materials)"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_material_curves(
+    path: Path, context: RunContext, methods: Sequence[MethodCurves], count: int = 6
+) -> None:
+    """True and predicted C_v(T) per atom of ``count`` test materials spread over C_v(300 K)."""
+    import matplotlib.pyplot as plt
+
+    T = np.asarray(context.eval_grid)
+    at300 = context.eval_grid.index(SINGLE_TEMPERATURE)
+    n_atoms = context.n_atoms_test
+    c300 = context.cv_test[:, at300] / n_atoms
+    spread = np.linspace(0, len(c300) - 1, min(count, len(c300))).round().astype(int)
+    picks = np.argsort(c300)[spread]
+    columns = 3
+    rows = math.ceil(len(picks) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    for axis, k in zip(axes.flat, picks, strict=False):
+        axis.plot(
+            T, context.cv_test[k] / n_atoms[k], color="k", linewidth=2, label="true (phonons)"
+        )
+        for method in methods:
+            if method.cv is None:
+                continue
+            label = _SHORT_LABELS.get(method.name, method.name)
+            if method.theta is not None:
+                label += f", θ={method.theta[k]:.0f} K"
+            axis.plot(T, method.cv[k] / n_atoms[k], label=label, **_STYLES.get(method.name, {}))
+        axis.axvspan(*context.train_range, color="0.93", zorder=0)
+        material = context.data.ids[context.split.test[k]]
+        axis.set_title(f"{material} ({int(n_atoms[k])} atoms/cell)", fontsize=9)
+        axis.set_xlabel("T (K)")
+        axis.set_ylabel("C_v per atom, J/(mol K)")
+        axis.legend(fontsize=6)
+    for axis in list(axes.flat)[len(picks) :]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_theta_parity(path: Path, context: RunContext, methods: Sequence[MethodCurves]) -> None:
+    """Predicted θ_D against the oracle θ_D (fit to the true C_v curve) of the test materials."""
+    import matplotlib.pyplot as plt
+
+    oracle = next((m.theta for m in methods if m.name == "oracle"), None)
+    if oracle is None:
+        oracle = oracle_theta(context.eval_grid, context.cv_test, context.n_atoms_test)
+    figure, axis = plt.subplots(figsize=(4.6, 4.4))
+    highest = float(oracle.max())
+    for method in methods:
+        if method.theta is None or method.name == "oracle":
+            continue
+        highest = max(highest, float(method.theta.max()))
+        color = _STYLES.get(method.name, {}).get("color")
+        label = _SHORT_LABELS.get(method.name, method.name)
+        axis.scatter(oracle, method.theta, s=8, alpha=0.6, label=label, color=color)
+    limits = [0.0, 1.05 * highest]
+    axis.plot(limits, limits, color="k", linewidth=0.8)
+    axis.set_xlim(limits)
+    axis.set_ylim(limits)
+    axis.set_xlabel("oracle θ_D (fit to the true C_v curve), K")
+    axis.set_ylabel("predicted θ_D, K")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
