@@ -10,6 +10,14 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "train.commands.scope",
     "train.commands.scaling",
+    "train.commands.corpus",
+    "train.commands.export",
+    "train.commands.submit",
+    "train.commands.pretrain",
+    "train.commands.finetune",
+    "train.commands.predict",
+    "train.commands.debye",
+    "train.commands.demo",
 )
 
 
