@@ -74,4 +74,3 @@ def run(args: argparse.Namespace) -> int:
     print(metrics_table(result.task, result.folds, result.summary))
     print(f"\nresults: {result.out}/results.json.gz, report: {result.out}/report.md")
     return 0
-
