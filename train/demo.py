@@ -53,7 +53,7 @@ class DemoSizes:
 
 
 QUICK = DemoSizes(500, "debug", 60, (20, 40, 80), 3, 3)
-FULL = DemoSizes(500, "tiny", 600, (40, 80, 160), 30, 40)
+FULL = DemoSizes(500, "tiny", 400, (40, 80, 160), 15, 12)
 
 
 @dataclass

@@ -241,8 +241,8 @@ def debye_section(stage: dict[str, Any]) -> list[Block]:
             (
                 method.get("label", ""),
                 method.get("temperatures_answered", ""),
-                cv.get("mae_300K_per_atom", "n/a"),
-                cv.get("mae_mean_all_per_atom", "n/a"),
+                _or_na(cv.get("mae_300K_per_atom")),
+                _or_na(cv.get("mae_mean_all_per_atom")),
             )
         )
     blocks = [
@@ -262,6 +262,11 @@ def debye_section(stage: dict[str, Any]) -> list[Block]:
         for path in sorted(run.rglob(name))[:1]:
             blocks.append(image(path, caption))
     return blocks
+
+
+def _or_na(value: Any) -> Any:
+    """A method that cannot answer (the direct regressor away from 300 K) shows n/a."""
+    return "n/a" if value is None else value
 
 
 def throughput_section(stages: dict[str, Any]) -> list[Block]:
