@@ -122,17 +122,18 @@ class CloudForPropertyPrediction(nn.Module):
     @classmethod
     def from_pretrained_encoder(
         cls,
-        pretrained: CloudForMaskedLM | CloudModel,
+        pretrained: CloudForMaskedLM | CloudModel | nn.Module,
         head: HeadConfig,
         *,
         dropout: float | None = None,
     ) -> CloudForPropertyPrediction:
-        """A new model whose encoder is a copy of ``pretrained``'s (the MLM head is dropped).
+        """A new model whose encoder is a copy of ``pretrained``'s: a ``CloudModel``, or any
+        model holding one as ``.encoder`` (the MLM head, or an earlier head, is dropped).
 
         ``dropout`` sets the encoder's hidden and attention dropout for fine-tuning (the
         pretrained config's values otherwise); it changes no parameter.
         """
-        encoder = pretrained.encoder if isinstance(pretrained, CloudForMaskedLM) else pretrained
+        encoder = pretrained if isinstance(pretrained, CloudModel) else pretrained.encoder
         config = copy.deepcopy(encoder.config)
         if dropout is not None:
             config = dataclasses.replace(config, hidden_dropout=dropout, attention_dropout=dropout)
@@ -208,9 +209,6 @@ class CloudForPropertyPrediction(nn.Module):
         if self.head_config.is_regression:
             return self.destandardise(outputs)
         return outputs.softmax(dim=-1)
-
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        return list(self.encoder.parameters())
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         return self.encoder.embedding_parameters()

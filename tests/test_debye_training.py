@@ -374,6 +374,26 @@ def test_short_training_beats_the_best_constant_theta(petretto_sample: D.Thermal
     assert model_val_mae < 0.8 * constant_val_mae, (model_val_mae, constant_val_mae)
 
 
+def test_aflow_theta_pretraining_leaves_out_the_test_materials() -> None:
+    """AGL θ pre-training on the shipped AFLOW sample: rows whose SCOPE string is a test
+    material's never enter it, and the log-θ loss on the training rows goes down."""
+    from train.tasks import load_task
+
+    aflow = load_task("aflow_debye_temperature", NO_ROOT)
+    rows = [e for e in aflow.examples.values() if e.ok and e.role in ("train", "val")]
+    test_scopes = {rows[0].scope, rows[1].scope}
+    expected = sum(e.scope in test_scopes for e in rows)
+    model, tokenizer = _model()
+    config = D.DebyeTrainConfig(
+        data_root=NO_ROOT, aflow_epochs=4, lr=1e-3, head_lr=1e-2, encoder_dropout=0.0
+    )
+    history, report = D.pretrain_on_aflow(model, tokenizer, config, "cloud", test_scopes)
+    assert f"{expected} left out as their SCOPE string is a test material's" in report[-1]
+    assert "SHIPPED SAMPLE" in report[0]
+    losses = [entry["train_loss"] for entry in history.history]
+    assert losses[-1] < losses[0] and math.isfinite(history.best_val)
+
+
 @pytest.mark.slow
 def test_cli_end_to_end_on_the_tiny_pretrained_encoder(
     tiny_pretrained: Path, tmp_path: Path

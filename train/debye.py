@@ -856,15 +856,13 @@ def pretrain_on_aflow(
         allow_sample=config.allow_sample,
     )
     max_length = model.config.max_position_embeddings
-    usable = [
+    candidates = [
         e
         for e in data.examples.values()
-        if e.ok
-        and e.role in ("train", "val")
-        and e.target
-        and e.target > 0
-        and e.scope not in excluded_scopes
+        if e.ok and e.role in ("train", "val") and e.target and e.target > 0
     ]
+    usable = [e for e in candidates if e.scope not in excluded_scopes]
+    n_excluded = len(candidates) - len(usable)
     if config.aflow_max_rows is not None and len(usable) > config.aflow_max_rows:
         keep = np.random.default_rng(config.seed).permutation(len(usable))[: config.aflow_max_rows]
         usable = [usable[i] for i in sorted(keep)]
@@ -906,7 +904,8 @@ def pretrain_on_aflow(
     report = [
         *data.report.lines(),
         f"  AFLOW θ pre-training: {len(train_index)} train / {len(val_index)} val rows "
-        f"({len(too_long)} too long; test SCOPE strings excluded); best val |Δ log θ| "
+        f"({len(too_long)} too long; {n_excluded} left out as their SCOPE "
+        f"string is a test material's); best val |Δ log θ| "
         f"{history.best_val:.3f} at epoch {history.best_epoch}",
     ]
     return history, report
