@@ -45,7 +45,6 @@ import math
 import os
 import tempfile
 import time
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +64,7 @@ from train.commands.debye import (
     TARGETS,
     parse_temperatures,
 )
+from train.config import apply_overrides, build_config, read_yaml_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -232,71 +232,18 @@ def _default_curve_grid() -> list[float]:
     return parse_temperatures("50:800:50")
 
 
+# Temperature specs are text ("50:800:50", "300"); YAML reads a bare 300 as a number.
+TEMPERATURE_SPEC_FIELDS = ("temperatures", "eval_temperatures")
+
+
 def config_from_dict(values: Mapping[str, Any]) -> DebyeTrainConfig:
     """A DebyeTrainConfig from nested dicts; unknown keys and wrong types are errors."""
-    return _build(DebyeTrainConfig, values, "")
-
-
-def _build(cls: type, values: Any, path: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ValueError(f"config section {path or '<root>'} must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {path or 'the top level'}; valid: {names}")
-    return cls(**{k: _coerce(v, hints[k], f"{path}{k}") for k, v in values.items()})
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, f"{path}.")
-    options = (
-        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else ()
-    )
-    if options:
-        if value is None and type(None) in options:
-            return None
-        hint = next(o for o in options if o is not type(None))
-    if typing.get_origin(hint) is list:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{path} must be a list, got {value!r}")
-        (item,) = typing.get_args(hint)
-        return [_coerce(v, item, path) for v in value]
-    if hint is bool and not isinstance(value, bool):
-        raise ValueError(f"{path} must be true or false, got {value!r}")
-    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"{path} must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{path} must be a number, got {value!r}")
-        try:
-            return float(value)  # YAML reads 1e-3 (no dot) as a string
-        except (TypeError, ValueError):
-            raise ValueError(f"{path} must be a number, got {value!r}") from None
-    if hint is str and not isinstance(value, str):
-        # A bare 300 in YAML is an int; a temperature spec is text.
+    values = dict(values)
+    for name in TEMPERATURE_SPEC_FIELDS:
+        value = values.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"{path} must be a string, got {value!r}")
-    return value
-
-
-def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Set ``dotted.key=value`` overrides (values parsed as YAML) in a nested dict."""
-    result = copy.deepcopy(values)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not of the form dotted.key=value")
-        node = result
-        *sections, last = key.split(".")
-        for part in sections:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[last] = yaml.safe_load(text) if text.strip() else ""
-    return result
+            values[name] = str(value)
+    return build_config(DebyeTrainConfig, values, label="debye")
 
 
 def load_config(
@@ -304,11 +251,7 @@ def load_config(
 ) -> DebyeTrainConfig:
     """YAML config (optional), then ``fields`` (command-line flags, None = not given), then
     dotted overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: the top level of a debye config must be a mapping")
+    values = read_yaml_mapping(path, "debye") if path is not None else {}
     values.update({k: v for k, v in fields.items() if v is not None})
     try:
         return config_from_dict(apply_overrides(values, overrides))

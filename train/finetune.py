@@ -24,7 +24,6 @@ Plain PyTorch in one process: the datasets are small (≤ 15k rows).
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import datetime
 import gzip
@@ -35,7 +34,6 @@ import math
 import os
 import sys
 import time
-import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +45,7 @@ import torch.nn.functional as F
 import yaml
 
 from cloud.heads import CloudForPropertyPrediction, HeadConfig
+from train.config import apply_overrides, build_config, read_yaml_mapping
 from train.tasks import (
     REGRESSION_METRICS,
     FoldSplit,
@@ -184,74 +183,7 @@ class FinetuneConfig:
 
 def config_from_dict(values: Mapping[str, Any]) -> FinetuneConfig:
     """A FinetuneConfig from nested dicts; unknown keys and wrong types are errors."""
-    return _build(FinetuneConfig, values, "")
-
-
-def _build(cls: type, values: Any, path: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ValueError(f"config section {path or '<root>'} must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(
-            f"unknown finetune config key(s) {unknown} in {path or 'the top level'}; "
-            f"valid keys: {names}"
-        )
-    kwargs = {name: _coerce(value, hints[name], f"{path}{name}") for name, value in values.items()}
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, f"{path}.")
-    options = (
-        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else ()
-    )
-    if options:
-        if value is None and type(None) in options:
-            return None
-        hint = next(o for o in options if o is not type(None))
-    if typing.get_origin(hint) is list:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{path} must be a list, got {value!r}")
-        (item,) = typing.get_args(hint)
-        return [_coerce(v, item, path) for v in value]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{path} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{path} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{path} must be a number, got {value!r}")
-        try:
-            return float(value)  # YAML reads 1e-3 (no dot) as a string
-        except (TypeError, ValueError):
-            raise ValueError(f"{path} must be a number, got {value!r}") from None
-    if hint is str and not isinstance(value, str):
-        raise ValueError(f"{path} must be a string, got {value!r}")
-    return value
-
-
-def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Set ``dotted.key=value`` overrides (values parsed as YAML) in a nested dict."""
-    result = copy.deepcopy(values)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not of the form dotted.key=value")
-        node = result
-        *sections, last = key.split(".")
-        for part in sections:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[last] = yaml.safe_load(text) if text.strip() else ""
-    return result
+    return build_config(FinetuneConfig, values, label="finetune")
 
 
 def load_config(
@@ -260,11 +192,7 @@ def load_config(
     **fields: Any,
 ) -> FinetuneConfig:
     """YAML config (optional), then ``fields`` (command-line flags), then dotted overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: the top level of a finetune config must be a mapping")
+    values = read_yaml_mapping(path, "finetune") if path is not None else {}
     values.update({k: v for k, v in fields.items() if v is not None})
     try:
         return config_from_dict(apply_overrides(values, overrides))

@@ -31,8 +31,6 @@ import random
 import subprocess
 import sys
 import time
-import types
-import typing
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,10 +39,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from cloud import CloudConfig, CloudForMaskedLM, count_parameters, family
 from train import checkpoint as ckpt
+from train.config import apply_overrides, build_config, read_yaml_mapping
 from train.distributed import (
     DistInfo,
     all_reduce_max,
@@ -245,93 +243,12 @@ class PretrainConfig:
 
 def config_from_dict(values: Mapping[str, Any]) -> PretrainConfig:
     """Build a PretrainConfig from nested dicts; unknown keys and wrong types are errors."""
-    return _build(PretrainConfig, values, "")
-
-
-def _build(cls: type, values: Any, path: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ValueError(f"config section {path or '<root>'} must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        where = f"section {path!r}" if path else "the top level"
-        raise ValueError(f"unknown config key(s) {unknown} in {where}; valid keys: {names}")
-    kwargs = {}
-    for name, value in values.items():
-        kwargs[name] = _coerce(value, hints[name], f"{path}.{name}" if path else name)
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"config section {path or '<root>'}: {err}") from err
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _coerce(value, option, path)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(errors[0])
-    if origin is dict or hint is dict:
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{path} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{path} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{path} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        # YAML reads 1e-3 (no dot) as a string; accept it, and ints, as floats.
-        if isinstance(value, bool):
-            raise ValueError(f"{path} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{path} must be a number, got {value!r}") from None
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{path} must be a string, got {value!r}")
-        return value
-    return value
-
-
-def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Set ``dotted.key=value`` overrides (values parsed as YAML) in a nested dict."""
-    result = json.loads(json.dumps(values))  # deep copy of plain YAML data
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not of the form dotted.key=value")
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
-    return result
+    return build_config(PretrainConfig, values)
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> PretrainConfig:
     """Read a YAML config (``yaml.safe_load``), apply dotted overrides, validate."""
-    text = Path(path).read_text()
-    values = yaml.safe_load(text) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: the top level of a pretrain config must be a mapping")
+    values = read_yaml_mapping(path, "pretrain")
     try:
         return config_from_dict(apply_overrides(values, overrides))
     except ValueError as err:
