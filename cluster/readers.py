@@ -523,10 +523,78 @@ def read_file(path: str | os.PathLike[str]) -> Iterator[Record]:
 
 
 def _read_range(file: InputFile, start: int, stop: int | None) -> Iterator[Record]:
-    # closing() shuts the file as soon as the range ends, not when the generator is collected.
-    with closing(_iter_items(file)) as items:
-        for index, item in enumerate(itertools.islice(items, start, stop), start=start):
+    if file.format not in _SPLITTABLE or stop is None:
+        # closing() shuts the file as soon as the range ends, not when the generator is collected.
+        with closing(_iter_items(file)) as items:
+            for index, item in enumerate(itertools.islice(items, start, stop), start=start):
+                yield from _records_from_item(file, index, item)
+        return
+    cursor = _ItemCursor.take(file, start)
+    try:
+        for index, item in cursor.advance(start, stop):
             yield from _records_from_item(file, index, item)
+    except BaseException:
+        cursor.close()
+        raise
+    cursor.park()
+
+
+class _ItemCursor:
+    """A file's item stream, kept open after a range where the next range may go on from it.
+
+    Ranges of one big file are handed out in order, so a worker's next unit of a gzipped JSON
+    Lines file usually starts after its last one: carrying on from the open stream reads the
+    file once per worker instead of decompressing its head again for every unit (the last
+    unit of a 100,000-line file used to cost five times the first). One per process.
+    """
+
+    _parked: _ItemCursor | None = None
+
+    def __init__(self, file: InputFile) -> None:
+        self.file = file
+        self.identity = _file_identity(file.path)
+        self.items = _iter_items(file)
+        self.position = 0
+
+    @classmethod
+    def take(cls, file: InputFile, start: int) -> _ItemCursor:
+        """The parked cursor if it is on this unchanged file at or before ``start``, else a
+        new one at the file's first item."""
+        cursor, cls._parked = cls._parked, None
+        if cursor is not None:
+            if (
+                cursor.file == file
+                and cursor.position <= start
+                and cursor.identity == _file_identity(file.path)
+            ):
+                return cursor
+            cursor.close()
+        return cls(file)
+
+    def advance(self, start: int, stop: int) -> Iterator[tuple[int, Any]]:
+        """Items ``start`` … ``stop - 1`` with their indexes (fewer where the stream ends)."""
+        self.position += sum(1 for _ in itertools.islice(self.items, start - self.position))
+        if self.position < start:
+            return
+        for item in itertools.islice(self.items, stop - start):
+            self.position += 1
+            yield self.position - 1, item
+
+    def park(self) -> None:
+        if _ItemCursor._parked is not None:
+            _ItemCursor._parked.close()
+        _ItemCursor._parked = self
+
+    def close(self) -> None:
+        self.items.close()
+
+
+def _file_identity(path: str) -> tuple[int, ...] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _iter_items(file: InputFile) -> Iterator[Any]:

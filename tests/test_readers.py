@@ -737,3 +737,45 @@ def test_byte_order_marks_do_not_hide_columns_or_blocks(
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + table.encode())
     (record,) = read_all(tmp_path / "bom.csv")
     assert record.source_id == "m-7" and record.ok, record.error
+
+
+def test_consecutive_units_of_a_file_read_it_once(
+    mixed_inputs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cluster.readers as readers
+
+    opened: list[str] = []
+    real_open = readers._open_binary
+
+    def counting_open(path: str, compression: str | None):
+        opened.append(path)
+        return real_open(path, compression)
+
+    monkeypatch.setattr(readers, "_open_binary", counting_open)
+    path = mixed_inputs / "a.jsonl.gz"
+    (jsonl,) = discover([path])
+    expected = [r.position for r in read_file(path)]
+    units = plan_units([jsonl], unit_size=5)
+    opened.clear()
+
+    in_order = [r.position for u in units for r in read_unit(u)]
+    assert in_order == expected
+    assert len(opened) == 1, "each unit re-read the file from its start"
+
+    opened.clear()
+    backwards = [r.position for u in reversed(units) for r in read_unit(u)]
+    assert sorted(backwards) == sorted(expected)
+    assert len(opened) == len(units)
+
+    # Two ranges of one file read side by side each get their own stream.
+    side_by_side = list(zip(read_unit(units[0]), read_unit(units[1]), strict=True))
+    assert [a.position for a, _ in side_by_side] == expected[:5]
+    assert [b.position for _, b in side_by_side] == expected[5:10]
+
+    # A file replaced between units is read afresh, not from the stale stream.
+    list(read_unit(units[0]))
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+    lines[7] = json.dumps({**json.loads(lines[6]), "id": "replaced"})
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    ids = [r.source_id for r in read_unit(units[1])]
+    assert ids[2] == "replaced"
