@@ -58,12 +58,15 @@ from tokenizer.scope import DEFAULT_ANGLE_TOLERANCE, DEFAULT_SYMPREC, VARIANTS
 
 if TYPE_CHECKING:
     from cluster.readers import InputFile, Record, WorkUnit
+    from tokenizer.scope import Cell, Symmetry
     from tokenizer.vocab import ScopeTokenizer
 
 DEFAULT_SHARD_SIZE = 10_000
 # Big enough that scheduling and per-unit reader start-up are noise, small enough that a dead
 # worker or a resumed build redoes only seconds of work and that work spreads over many cores.
 DEFAULT_UNIT_SIZE = 1_000
+# About 0.5 KB each: a few hundred MB at most, in one actor.
+DEFAULT_MEMO_ENTRIES = 1_000_000
 STATE_DIR = ".build"
 STATE_NAME = "state.json"
 INDEX_NAME = "index.jsonl"
@@ -149,16 +152,29 @@ def dedup_key(canonical: str, formula: str) -> int:
 
 
 def encode_unit(
-    unit: WorkUnit, options: EncodeOptions, kill_once: str | None = None
+    unit: WorkUnit,
+    options: EncodeOptions,
+    kill_once: str | None = None,
+    memo: Any = None,
 ) -> list[Encoded | Failed]:
-    """Read one work unit and encode each record (runs in a Ray task)."""
+    """Read one work unit and encode each record (runs in a Ray task).
+
+    ``memo`` is the build's ``SymmetryMemo`` actor (or None): cells it has already analysed
+    skip the symmetry search, and the unit's new analyses are handed back to it.
+    """
     from cluster.readers import read_unit
 
+    records = list(read_unit(unit))
+    cells = [_cell(record) for record in records]
+    keys = [_fingerprint(cell, options) for cell in cells]
+    known = _memo_lookup(memo, [k for k in keys if k is not None])
+    seen = set(known)
     results: list[Encoded | Failed] = []
-    for record in read_unit(unit):
-        results.append(encode_record(record, options))
+    for record, cell, key in zip(records, cells, keys, strict=True):
+        results.append(_encode_cell(record, cell, key, options, known))
         if kill_once:
             _die_once(kill_once)
+    _memo_store(memo, {k: v for k, v in known.items() if k not in seen})
     return results
 
 
@@ -174,18 +190,53 @@ def _die_once(sentinel: str) -> None:
 
 def encode_record(record: Record, options: EncodeOptions) -> Encoded | Failed:
     """One record → its sample (or the reason it cannot be one)."""
-    from tokenizer.scope import ScopeError, encode_variants
+    cell = _cell(record)
+    return _encode_cell(record, cell, _fingerprint(cell, options), options, {})
+
+
+def _cell(record: Record) -> Cell | Failed:
+    from tokenizer.scope import ScopeError, cell_of
 
     if record.error is not None or record.structure is None:
         return Failed(record.source, record.source_id, record.position, record.error or "empty")
+    try:
+        return cell_of(record.structure)
+    except ScopeError as exc:
+        return Failed(record.source, record.source_id, record.position, str(exc))
+
+
+def _fingerprint(cell: Cell | Failed, options: EncodeOptions) -> bytes | None:
+    from tokenizer.scope import cell_fingerprint
+
+    if isinstance(cell, Failed):
+        return None
+    return cell_fingerprint(cell, options.symprec, options.angle_tolerance, options.engine)
+
+
+def _encode_cell(
+    record: Record,
+    cell: Cell | Failed,
+    fingerprint: bytes | None,
+    options: EncodeOptions,
+    known: dict[bytes, Symmetry],
+) -> Encoded | Failed:
+    """A record whose cell has been taken → its sample; ``known`` holds analyses by
+    fingerprint, and gains this one."""
+    from tokenizer.scope import ScopeError, analyze_cell, format_variant
+
+    if isinstance(cell, Failed):
+        return cell
+    assert fingerprint is not None and record.structure is not None
     structure = record.structure
     wanted = options.variants
     if options.dedup_key and "canonical" not in wanted:
         wanted = (*wanted, "canonical")
     try:
-        symmetry, texts = encode_variants(
-            structure, wanted, options.symprec, options.angle_tolerance, options.engine
-        )
+        symmetry = known.get(fingerprint)
+        if symmetry is None:
+            symmetry = analyze_cell(cell, options.symprec, options.angle_tolerance, options.engine)
+            known[fingerprint] = symmetry
+        texts = {v: format_variant(symmetry, v) for v in wanted}
         formula = structure.composition.reduced_formula
     except ScopeError as exc:
         return Failed(record.source, record.source_id, record.position, str(exc))
@@ -220,6 +271,55 @@ def encode_record(record: Record, options: EncodeOptions) -> Encoded | Failed:
         lengths=tuple(len(ids[v]) for v in options.variants),
         structure=_compact_structure(structure) if options.keep_structure else None,
     )
+
+
+class SymmetryMemo:
+    """Symmetry analyses by cell fingerprint, shared by every task of one build (a Ray actor).
+
+    The same relaxed structure often comes in several property datasets, byte for byte; one
+    search serves them all, whichever worker meets them. Oldest entries go first beyond
+    ``max_entries``. Only an optimisation: a lost or restarted memo changes speed, not output.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.entries: dict[bytes, Symmetry] = {}
+        self.hits = 0
+        self.lookups = 0
+
+    def lookup(self, keys: list[bytes]) -> dict[bytes, Symmetry]:
+        found = {k: self.entries[k] for k in keys if k in self.entries}
+        self.lookups += len(keys)
+        self.hits += len(found)
+        return found
+
+    def store(self, items: dict[bytes, Symmetry]) -> None:
+        self.entries.update(items)
+        while len(self.entries) > self.max_entries:
+            del self.entries[next(iter(self.entries))]
+
+    def stats(self) -> dict[str, int]:
+        return {"entries": len(self.entries), "lookups": self.lookups, "hits": self.hits}
+
+
+def _memo_lookup(memo: Any, keys: list[bytes]) -> dict[bytes, Symmetry]:
+    if memo is None or not keys:
+        return {}
+    import ray
+
+    try:
+        return ray.get(memo.lookup.remote(keys))
+    except ray.exceptions.RayError:  # a dead memo costs speed only
+        return {}
+
+
+def _memo_store(memo: Any, items: dict[bytes, Symmetry]) -> None:
+    if memo is None or not items:
+        return
+    import ray
+
+    with contextlib.suppress(ray.exceptions.RayError):
+        memo.store.remote(items)
 
 
 def tar_member(key: str, payload: bytes) -> bytes:
@@ -740,6 +840,7 @@ def _ordered_results(
     options: EncodeOptions,
     concurrency: int,
     kill_once: str | None,
+    memo: Any = None,
 ) -> Iterator[tuple[int, list[Encoded | Failed]]]:
     """Results of ``units[start:]`` in unit order, with ``concurrency`` tasks kept running."""
     import ray
@@ -756,7 +857,7 @@ def _ordered_results(
             and next_submit < len(units)
             and next_submit - next_yield < max_ahead
         ):
-            running[task.remote(units[next_submit], options, kill_once)] = next_submit
+            running[task.remote(units[next_submit], options, kill_once, memo)] = next_submit
             next_submit += 1
         if next_yield not in finished:
             ready, _ = ray.wait(list(running), num_returns=1)
@@ -765,6 +866,29 @@ def _ordered_results(
             continue
         yield next_yield, ray.get(finished.pop(next_yield))
         next_yield += 1
+
+
+def _start_memo(max_entries: int) -> Any:
+    if max_entries <= 0:
+        return None
+    import ray
+
+    # No CPU reserved: it answers one batched lookup per unit.
+    return ray.remote(num_cpus=0, max_restarts=-1)(SymmetryMemo).remote(max_entries)
+
+
+def _stop_memo(memo: Any) -> int:
+    """The memo's hit count, then the actor is gone (0 without a memo)."""
+    if memo is None:
+        return 0
+    import ray
+
+    try:
+        hits = int(ray.get(memo.stats.remote())["hits"])
+    except ray.exceptions.RayError:
+        hits = 0
+    ray.kill(memo)
+    return hits
 
 
 def _plan(files: list[InputFile], unit_size: int) -> list[WorkUnit]:
@@ -781,11 +905,15 @@ def _plan(files: list[InputFile], unit_size: int) -> list[WorkUnit]:
 
 
 def _exclusion(
-    files: list[InputFile], options: EncodeOptions, concurrency: int, unit_size: int
+    files: list[InputFile],
+    options: EncodeOptions,
+    concurrency: int,
+    unit_size: int,
+    memo: Any,
 ) -> _Exclusion:
     exclusion = _Exclusion()
     units = _plan(files, unit_size)
-    for _, entries in _ordered_results(units, 0, options, concurrency, None):
+    for _, entries in _ordered_results(units, 0, options, concurrency, None, memo):
         for entry in entries:
             exclusion.add(entry)
     return exclusion
@@ -809,8 +937,12 @@ def build_corpus(
     symprec: float = DEFAULT_SYMPREC,
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
     engine: str = "spglib",
+    memo_entries: int = DEFAULT_MEMO_ENTRIES,
 ) -> dict[str, Any]:
     """Build (or resume, or confirm) a sharded corpus in ``out_dir``; returns the manifest.
+
+    ``memo_entries`` bounds the ``SymmetryMemo`` that lets byte-identical cells share one
+    symmetry search (0 turns it off); it changes the speed, never the output.
 
     ``engine="moyo"`` runs the symmetry search with moyopy, for corpora of the canonical
     variant only (the released variants need spglib's Wyckoff settings).
@@ -855,12 +987,13 @@ def build_corpus(
         return finished
     out.mkdir(parents=True, exist_ok=True)
     with ray_runtime(ray_address, workers) as concurrency:
+        memo = _start_memo(memo_entries)
         exclusion = None
         if exclude_files:
             exclusion_options = EncodeOptions(
                 (), True, dedup == "structure", False, symprec, angle_tolerance, engine
             )
-            exclusion = _exclusion(exclude_files, exclusion_options, concurrency, unit_size)
+            exclusion = _exclusion(exclude_files, exclusion_options, concurrency, unit_size, memo)
         units = _plan(files, unit_size)
         plan = {"units": len(units), "items": sum(u.n_items for u in units)}
         writer = _CorpusWriter(out, settings, plan, exclusion)
@@ -878,7 +1011,7 @@ def build_corpus(
         kill_once = os.environ.get(KILL_ONCE_ENV) or None
         try:
             for index, entries in _ordered_results(
-                units, writer.next_unit, options, concurrency, kill_once
+                units, writer.next_unit, options, concurrency, kill_once, memo
             ):
                 writer.consume(index, entries)
                 bar.update(units[index].n_items)
@@ -893,11 +1026,13 @@ def build_corpus(
                 "keys": len(exclusion.keys),
             }
         manifest = writer.finish(settings["sources"], exclusion_summary)
+        saved = _stop_memo(memo)
     if progress:
         elapsed = time.perf_counter() - started
         rate = (plan["items"] - done_items) / elapsed if elapsed > 0 else 0.0
         print(
-            f"corpus: {_summary(manifest)} in {elapsed:.1f} s ({rate:.0f} structures/s) → {out}",
+            f"corpus: {_summary(manifest)} in {elapsed:.1f} s ({rate:.0f} structures/s; "
+            f"{saved} repeated cells took their symmetry from the memo) → {out}",
             file=sys.stderr,
         )
     return manifest

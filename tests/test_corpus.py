@@ -295,6 +295,54 @@ def test_worker_killed_mid_unit_is_retried(
     assert manifest["totals"]["read"] == 360
 
 
+def repeated_jsonl(target: Path, n: int) -> Path:
+    """The first ``n`` sample records, then the same cells again under another source, as
+    property datasets that share their structures come."""
+    with gzip.open(SAMPLE, "rt") as src:
+        lines = [json.loads(line) for _, line in zip(range(n), src, strict=False)]
+    with gzip.open(target, "wt") as dst:
+        for record in lines:
+            dst.write(json.dumps(record) + "\n")
+        for record in lines:
+            dst.write(json.dumps({**record, "source": "repeat", "id": f"r-{record['id']}"}) + "\n")
+    return target
+
+
+def test_symmetry_memo_serves_repeated_cells_without_changing_output(
+    ray_session, tmp_path: Path
+) -> None:
+    import ray
+
+    from cluster.corpus import EncodeOptions, SymmetryMemo, encode_unit
+    from cluster.readers import discover, plan_units
+
+    inputs = repeated_jsonl(tmp_path / "repeated.jsonl.gz", 60)
+    first, second = plan_units(discover([inputs]), unit_size=60)
+    options = EncodeOptions(("cloud", "canonical"), True, False, True)
+    memo = ray.remote(num_cpus=0)(SymmetryMemo).remote(1000)
+    try:
+        first_results = encode_unit(first, options, memo=memo)
+        readable = sum(1 for r in first_results if hasattr(r, "member"))
+        stored = ray.get(memo.stats.remote())
+        assert stored == {"entries": readable, "lookups": readable, "hits": 0}
+        with_memo = encode_unit(second, options, memo=memo)
+        assert ray.get(memo.stats.remote())["hits"] == readable
+    finally:
+        ray.kill(memo)
+    assert with_memo == encode_unit(second, options)
+
+    options = {"shard_size": 50, "workers": 2, "unit_size": 30, "progress": False}
+    memo_on = build_corpus([inputs], tmp_path / "on", dedup="none", **options)
+    memo_off = build_corpus([inputs], tmp_path / "off", dedup="none", memo_entries=0, **options)
+    assert memo_on == memo_off
+    assert memo_on["counts"]["repeat"]["written"] == readable
+    assert memo_on["totals"]["written"] == 2 * readable
+    for shard in memo_on["shards"]:
+        assert (tmp_path / "on" / shard["name"]).read_bytes() == (
+            tmp_path / "off" / shard["name"]
+        ).read_bytes()
+
+
 # ----------------------------------------------------------------------------- messy inputs
 
 

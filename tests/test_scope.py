@@ -283,3 +283,26 @@ def test_moyo_engine_is_refused_for_the_released_variants(rock_salt: Structure) 
             encode(rock_salt, variant, engine="moyo")
     with pytest.raises(ScopeError, match="unknown symmetry engine 'fast'"):
         encode(rock_salt, "canonical", engine="fast")
+
+
+def test_cell_fingerprint_tells_apart_exactly_what_the_search_can(rock_salt: Structure) -> None:
+    from tokenizer.scope import analyze, analyze_cell, cell_fingerprint, cell_of
+
+    cell = cell_of(rock_salt)
+    again = cell_of(rock_salt.copy())
+    assert cell_fingerprint(cell) == cell_fingerprint(again)
+    assert analyze_cell(cell) == analyze(rock_salt)
+
+    nudged = rock_salt.copy()
+    x = nudged.frac_coords[1]
+    nudged.replace(1, "Cl", [np.nextafter(x[0], 1.0), x[1], x[2]])
+    swapped = rock_salt.copy()
+    swapped.replace(0, "K")
+    different = {
+        cell_fingerprint(cell_of(nudged)),
+        cell_fingerprint(cell_of(swapped)),
+        cell_fingerprint(cell, symprec=1e-3),
+        cell_fingerprint(cell, angle_tolerance=-1.0),
+        cell_fingerprint(cell, engine="moyo"),
+    }
+    assert len(different) == 5 and cell_fingerprint(cell) not in different

@@ -23,11 +23,12 @@ with no coordinates. Three variants (``docs/scope.md`` has the full grammar):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -86,6 +87,15 @@ class Scope:
 
     def __str__(self) -> str:
         return self.to_text()
+
+
+class Cell(NamedTuple):
+    """A structure as the symmetry search sees it (``cell_of`` builds one)."""
+
+    lattice: np.ndarray  # 3 x 3, rows are the lattice vectors (Å)
+    frac: np.ndarray  # n x 3 fractional coordinates
+    numbers: list[int]  # atomic number per site (0 for the dummy species X)
+    elements: tuple[str, ...]  # element symbol per site
 
 
 @dataclass(frozen=True)
@@ -151,20 +161,52 @@ def analyze(
     engine: str = "spglib",
 ) -> Symmetry:
     """Run the symmetry search once on a structure and keep what the SCOPE variants need."""
+    return analyze_cell(cell_of(structure), symprec, angle_tolerance, engine)
+
+
+def analyze_cell(
+    cell: Cell,
+    symprec: float = DEFAULT_SYMPREC,
+    angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+    engine: str = "spglib",
+) -> Symmetry:
+    """``analyze`` on a cell already taken from its structure with ``cell_of``."""
     _check_engine(engine, ())
-    lattice, frac, numbers, elements = _cell_arrays(structure)
     if engine == "moyo":
-        return _moyo_symmetry(lattice, frac, numbers, elements, symprec, angle_tolerance)
+        return _moyo_symmetry(cell, symprec, angle_tolerance)
     import spglib
 
-    dataset = _symmetry_dataset(spglib, (lattice, frac, numbers), symprec, angle_tolerance)
+    dataset = _symmetry_dataset(
+        spglib, (cell.lattice, cell.frac, cell.numbers), symprec, angle_tolerance
+    )
     return Symmetry(
         space_group=int(dataset.number),
         wyckoff_letters=tuple(dataset.wyckoffs),
         orbit_of_site=tuple(int(i) for i in dataset.crystallographic_orbits),
-        elements=elements,
-        el_amt=_fractional_composition(elements),
+        elements=cell.elements,
+        el_amt=_fractional_composition(cell.elements),
     )
+
+
+def cell_fingerprint(
+    cell: Cell,
+    symprec: float = DEFAULT_SYMPREC,
+    angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+    engine: str = "spglib",
+) -> bytes:
+    """16 bytes that are equal exactly when ``analyze_cell`` must give the same answer.
+
+    The symmetry search is a deterministic function of the lattice, the coordinates and the
+    species, bit for bit, and of its settings; property datasets often repeat one relaxed
+    structure byte for byte (a quarter of the 104k stand-in corpus), so a build can look an
+    analysis up instead of searching again.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{engine}\0{symprec!r}\0{angle_tolerance!r}\0".encode())
+    digest.update(np.ascontiguousarray(cell.lattice, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(cell.frac, dtype=np.float64).tobytes())
+    digest.update(np.asarray(cell.numbers, dtype=np.int64).tobytes())
+    return digest.digest()
 
 
 def format_variant(symmetry: Symmetry, variant: str) -> str:
@@ -233,22 +275,15 @@ def _check_engine(engine: str, variants: tuple[str, ...] | list[str]) -> None:
         )
 
 
-def _moyo_symmetry(
-    lattice: np.ndarray,
-    frac: np.ndarray,
-    numbers: list[int],
-    elements: tuple[str, ...],
-    symprec: float,
-    angle_tolerance: float,
-) -> Symmetry:
+def _moyo_symmetry(cell: Cell, symprec: float, angle_tolerance: float) -> Symmetry:
     import moyopy
 
     # moyo has no element 0; the dummy species X gets a number no element uses.
-    species = [n if n > 0 else 200 for n in numbers]
+    species = [n if n > 0 else 200 for n in cell.numbers]
     try:
-        cell = moyopy.Cell(lattice.tolist(), frac.tolist(), species)
+        moyo_cell = moyopy.Cell(cell.lattice.tolist(), cell.frac.tolist(), species)
         dataset = moyopy.MoyoDataset(
-            cell, symprec=symprec, angle_tolerance=math.radians(angle_tolerance)
+            moyo_cell, symprec=symprec, angle_tolerance=math.radians(angle_tolerance)
         )
     except Exception as exc:  # moyopy raises its own error types
         raise ScopeError(f"symmetry search (moyo) failed at symprec={symprec}: {exc}") from exc
@@ -256,8 +291,8 @@ def _moyo_symmetry(
         space_group=int(dataset.number),
         wyckoff_letters=tuple(dataset.wyckoffs),
         orbit_of_site=tuple(int(i) for i in dataset.orbits),
-        elements=elements,
-        el_amt=_fractional_composition(elements),
+        elements=cell.elements,
+        el_amt=_fractional_composition(cell.elements),
         engine="moyo",
     )
 
@@ -267,8 +302,11 @@ def _check_variant(variant: str) -> None:
         raise ScopeError(f"unknown SCOPE variant {variant!r}; choose one of {', '.join(VARIANTS)}")
 
 
-def _cell_arrays(structure: Structure) -> tuple[np.ndarray, np.ndarray, list[int], tuple[str, ...]]:
-    """Lattice, fractional coordinates, atomic numbers and element symbols, validated.
+def cell_of(structure: Structure) -> Cell:
+    """The structure's lattice, fractional coordinates, atomic numbers and elements, validated.
+
+    Raises ``ScopeError`` for what no SCOPE string can describe: no sites, partial occupancy,
+    a species that is not an element, non-finite numbers, a singular lattice.
 
     One pass over the sites: pymatgen's ``site.specie`` and ``structure.is_ordered`` each
     re-check the occupancy of every site, which costs as much as a third of spglib's search.
@@ -296,7 +334,7 @@ def _cell_arrays(structure: Structure) -> tuple[np.ndarray, np.ndarray, list[int
         raise ScopeError("lattice or coordinates contain NaN or infinity")
     if abs(np.linalg.det(lattice)) < 1e-8:
         raise ScopeError("lattice is singular (zero cell volume)")
-    return lattice, frac, numbers, tuple(elements)
+    return Cell(lattice, frac, numbers, tuple(elements))
 
 
 def _fractional_composition(elements: tuple[str, ...]) -> tuple[tuple[str, float], ...]:

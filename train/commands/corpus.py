@@ -81,6 +81,14 @@ def _register_build(actions: argparse._SubParsersAction) -> None:
         default="spglib",
         help="symmetry search; moyo (several times faster) only with --variants canonical",
     )
+    build.add_argument(
+        "--memo-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="symmetry analyses kept for byte-identical repeats of a cell (0: off; "
+        "default 1,000,000); changes speed, never output",
+    )
     build.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
     build.set_defaults(func=run_build)
 
@@ -112,7 +120,7 @@ def _variant_list(text: str) -> tuple[str, ...]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from cluster.corpus import DEFAULT_UNIT_SIZE, build_corpus
+    from cluster.corpus import DEFAULT_MEMO_ENTRIES, DEFAULT_UNIT_SIZE, build_corpus
 
     manifest = build_corpus(
         args.sources,
@@ -127,6 +135,7 @@ def run_build(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         symprec=args.symprec,
         engine=args.engine,
+        memo_entries=DEFAULT_MEMO_ENTRIES if args.memo_size is None else args.memo_size,
     )
     return 0 if manifest["num_samples"] > 0 else 1
 
