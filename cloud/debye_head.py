@@ -20,7 +20,6 @@ Pure PyTorch.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -31,16 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from cloud import debye
-from cloud.model import CloudConfig, CloudForMaskedLM, CloudModel, init_weights_of
+from cloud.heads import ACTIVATIONS, EncoderWithHead, mlp_head
+from cloud.model import CloudConfig, CloudModel, dataclass_from_dict, init_weights_of
 
 __all__ = ["CloudDebye", "DebyeHeadConfig", "DebyeOutput", "theta_from_output"]
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "gelu": nn.GELU,
-    "relu": nn.ReLU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-}
 
 
 @dataclass
@@ -88,13 +81,7 @@ class DebyeHeadConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DebyeHeadConfig:
         """Inverse of ``to_dict``; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown DebyeHeadConfig key(s) {unknown}; valid keys: {sorted(known)}"
-            )
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
 
 
 def theta_from_output(z: Tensor, head: DebyeHeadConfig) -> Tensor:
@@ -116,14 +103,7 @@ class DebyeThetaHead(nn.Module):
 
     def __init__(self, input_size: int, head: DebyeHeadConfig) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        width = input_size
-        for size in head.hidden_sizes:
-            layers += [nn.Dropout(head.dropout), nn.Linear(width, size)]
-            layers.append(ACTIVATIONS[head.activation]())
-            width = size
-        layers += [nn.Dropout(head.dropout), nn.Linear(width, 1)]
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = mlp_head(input_size, head.hidden_sizes, 1, head.dropout, head.activation)
 
     def forward(self, pooled: Tensor) -> Tensor:
         return self.mlp(pooled).squeeze(-1)
@@ -141,8 +121,10 @@ class DebyeOutput:
     """U (zero-point energy included) in J/mol per mole of cells, shaped as heat_capacity."""
 
 
-class CloudDebye(nn.Module):
+class CloudDebye(EncoderWithHead):
     """CLOUD encoder + [CLS]-pooled θ_D head; C_v(T) and U(T) from the Debye model."""
+
+    head_config_class = DebyeHeadConfig
 
     def __init__(self, config: CloudConfig, head: DebyeHeadConfig | None = None) -> None:
         super().__init__()
@@ -151,41 +133,6 @@ class CloudDebye(nn.Module):
         self.encoder = CloudModel(config)
         self.head = DebyeThetaHead(config.hidden_size, self.head_config)
         init_weights_of(self.head, config)
-
-    # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def from_pretrained_encoder(
-        cls,
-        pretrained: CloudForMaskedLM | CloudModel,
-        head: DebyeHeadConfig | None = None,
-        *,
-        dropout: float | None = None,
-    ) -> CloudDebye:
-        """A new model whose encoder is a copy of ``pretrained``'s (an MLM head is dropped).
-
-        ``dropout`` sets the encoder's hidden and attention dropout for fine-tuning.
-        """
-        encoder = getattr(pretrained, "encoder", pretrained)
-        if not isinstance(encoder, CloudModel):
-            raise TypeError(f"expected a CLOUD encoder or MLM model, got {type(pretrained)}")
-        config = copy.deepcopy(encoder.config)
-        if dropout is not None:
-            config = dataclasses.replace(config, hidden_dropout=dropout, attention_dropout=dropout)
-        model = cls(config, head)
-        model.encoder.load_state_dict(encoder.state_dict())
-        return model.to(next(encoder.parameters()).device)
-
-    def export_config(self) -> dict[str, Any]:
-        """Everything ``from_export_config`` needs to rebuild this architecture (no weights)."""
-        return {"cloud_config": self.config.to_dict(), "head": self.head_config.to_dict()}
-
-    @classmethod
-    def from_export_config(cls, values: Mapping[str, Any]) -> CloudDebye:
-        return cls(
-            CloudConfig.from_dict(values["cloud_config"]),
-            DebyeHeadConfig.from_dict(values["head"]),
-        )
 
     # ------------------------------------------------------------------ θ_D
 

@@ -14,14 +14,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from cloud.model import CloudConfig, CloudForMaskedLM, CloudModel, init_weights_of
+from cloud.model import (
+    CloudConfig,
+    CloudForMaskedLM,
+    CloudModel,
+    dataclass_from_dict,
+    init_weights_of,
+)
+
+M = TypeVar("M", bound="EncoderWithHead")
 
 TASK_TYPES = ("regression", "classification")
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -73,37 +81,91 @@ class HeadConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> HeadConfig:
         """Inverse of ``to_dict``; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown HeadConfig key(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
+
+
+def mlp_head(
+    input_size: int,
+    hidden_sizes: Sequence[int],
+    num_outputs: int,
+    dropout: float,
+    activation: str,
+) -> nn.Sequential:
+    """[dropout → linear → activation] per hidden layer, then dropout → linear to
+    ``num_outputs``: the MLP every head puts on the pooled embedding."""
+    layers: list[nn.Module] = []
+    width = input_size
+    for size in hidden_sizes:
+        layers += [nn.Dropout(dropout), nn.Linear(width, size), ACTIVATIONS[activation]()]
+        width = size
+    layers += [nn.Dropout(dropout), nn.Linear(width, num_outputs)]
+    return nn.Sequential(*layers)
 
 
 class PredictionHead(nn.Module):
-    """MLP on the pooled embedding: [dropout → linear → activation] per hidden layer, then
-    dropout → linear to ``num_outputs``."""
+    """``mlp_head`` on the pooled embedding, shaped by a ``HeadConfig``."""
 
     def __init__(self, input_size: int, head: HeadConfig) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        width = input_size
-        for size in head.hidden_sizes:
-            layers += [
-                nn.Dropout(head.dropout),
-                nn.Linear(width, size),
-                ACTIVATIONS[head.activation](),
-            ]
-            width = size
-        layers += [nn.Dropout(head.dropout), nn.Linear(width, head.num_outputs)]
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = mlp_head(
+            input_size, head.hidden_sizes, head.num_outputs, head.dropout, head.activation
+        )
 
     def forward(self, pooled: Tensor) -> Tensor:
         return self.mlp(pooled)
 
 
-class CloudForPropertyPrediction(nn.Module):
+class EncoderWithHead(nn.Module):
+    """A CLOUD encoder (``self.encoder``) with a head on its [CLS] embedding.
+
+    Holds what every such model shares: building one from a pretrained encoder, and the
+    ``cloud.export`` hooks that rebuild it from its configs. Subclasses set
+    ``head_config_class`` and take ``(config, head_config)`` in ``__init__``.
+    """
+
+    head_config_class: ClassVar[type]
+    config: CloudConfig
+    head_config: Any
+    encoder: CloudModel
+
+    @classmethod
+    def from_pretrained_encoder(
+        cls: type[M],
+        pretrained: CloudForMaskedLM | CloudModel | nn.Module,
+        head: Any = None,
+        *,
+        dropout: float | None = None,
+    ) -> M:
+        """A new model whose encoder is a copy of ``pretrained``'s: a ``CloudModel``, or any
+        model holding one as ``.encoder`` (the MLM head, or an earlier head, is dropped).
+
+        ``dropout`` sets the encoder's hidden and attention dropout for fine-tuning (the
+        pretrained config's values otherwise); it changes no parameter.
+        """
+        encoder = getattr(pretrained, "encoder", pretrained)
+        if not isinstance(encoder, CloudModel):
+            raise TypeError(f"expected a CLOUD encoder or a model holding one, got {pretrained!r}")
+        config = copy.deepcopy(encoder.config)
+        if dropout is not None:
+            config = dataclasses.replace(config, hidden_dropout=dropout, attention_dropout=dropout)
+        model = cls(config, head)  # type: ignore[call-arg]
+        model.encoder.load_state_dict(encoder.state_dict())
+        return model.to(next(encoder.parameters()).device)
+
+    def export_config(self) -> dict[str, Any]:
+        """Everything ``from_export_config`` needs to rebuild this architecture (no weights)."""
+        return {"cloud_config": self.config.to_dict(), "head": self.head_config.to_dict()}
+
+    @classmethod
+    def from_export_config(cls: type[M], values: Mapping[str, Any]) -> M:
+        head = cls.head_config_class.from_dict(values["head"])  # type: ignore[attr-defined]
+        return cls(CloudConfig.from_dict(values["cloud_config"]), head)  # type: ignore[call-arg]
+
+
+class CloudForPropertyPrediction(EncoderWithHead):
     """CLOUD encoder + [CLS]-pooled MLP head, for regression or classification."""
+
+    head_config_class = HeadConfig
 
     def __init__(self, config: CloudConfig, head: HeadConfig) -> None:
         super().__init__()
@@ -116,40 +178,6 @@ class CloudForPropertyPrediction(nn.Module):
         # training fold); persistent, so exported models predict in physical units.
         self.register_buffer("target_mean", torch.zeros(head.num_outputs))
         self.register_buffer("target_scale", torch.ones(head.num_outputs))
-
-    # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def from_pretrained_encoder(
-        cls,
-        pretrained: CloudForMaskedLM | CloudModel | nn.Module,
-        head: HeadConfig,
-        *,
-        dropout: float | None = None,
-    ) -> CloudForPropertyPrediction:
-        """A new model whose encoder is a copy of ``pretrained``'s: a ``CloudModel``, or any
-        model holding one as ``.encoder`` (the MLM head, or an earlier head, is dropped).
-
-        ``dropout`` sets the encoder's hidden and attention dropout for fine-tuning (the
-        pretrained config's values otherwise); it changes no parameter.
-        """
-        encoder = pretrained if isinstance(pretrained, CloudModel) else pretrained.encoder
-        config = copy.deepcopy(encoder.config)
-        if dropout is not None:
-            config = dataclasses.replace(config, hidden_dropout=dropout, attention_dropout=dropout)
-        model = cls(config, head)
-        model.encoder.load_state_dict(encoder.state_dict())
-        return model.to(next(encoder.parameters()).device)
-
-    def export_config(self) -> dict[str, Any]:
-        """Everything ``from_export_config`` needs to rebuild this architecture (no weights)."""
-        return {"cloud_config": self.config.to_dict(), "head": self.head_config.to_dict()}
-
-    @classmethod
-    def from_export_config(cls, values: Mapping[str, Any]) -> CloudForPropertyPrediction:
-        return cls(
-            CloudConfig.from_dict(values["cloud_config"]), HeadConfig.from_dict(values["head"])
-        )
 
     # ------------------------------------------------------------------ standardisation
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 IGNORE_INDEX = -100
 """Label value of positions that are not predicted (not masked), as in BERT / PyTorch CE."""
@@ -87,13 +89,16 @@ class CloudConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> CloudConfig:
         """Inverse of ``to_dict``; unknown keys are an error, not silently dropped."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown CloudConfig key(s) {unknown}; valid keys are {sorted(known)}"
-            )
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
+
+
+def dataclass_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
+    """``cls(**values)`` for a config dataclass, refusing keys it does not have by name."""
+    known = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; valid keys: {sorted(known)}")
+    return cls(**values)
 
 
 class Embeddings(nn.Module):
