@@ -306,3 +306,26 @@ def test_cell_fingerprint_tells_apart_exactly_what_the_search_can(rock_salt: Str
         cell_fingerprint(cell, engine="moyo"),
     }
     assert len(different) == 5 and cell_fingerprint(cell) not in different
+
+
+def test_moyo_engine_finishes_on_a_sheared_rhombohedral_cell() -> None:
+    """mp_20_biternary_val_test:10110 (Y2Th5O13, R3m, 9.86° cell angles): with an angle
+    tolerance moyopy searched without end, eating gigabytes; it must take milliseconds."""
+    pytest.importorskip("moyopy")
+    import time
+
+    from tokenizer.scope import analyze
+
+    a = 22.822549
+    alpha = math.radians(9.863811)
+    lattice = Lattice.from_parameters(a, a, a, *[math.degrees(alpha)] * 3)
+    xs = [0.999358, 0.716067, 0.427342, 0.142165, 0.8567, 0.28594, 0.571299, 0.392164, 0.03045,
+          0.106929, 0.464196, 0.749433, 0.821621, 0.178689, 0.250814, 0.536104, 0.89322,
+          0.607744, 0.326356, 0.96483]  # fmt: skip
+    species = ["Y"] * 2 + ["Th"] * 5 + ["O"] * 13
+    structure = Structure(lattice, species, [[x, x, x] for x in xs])
+    started = time.perf_counter()
+    symmetry = analyze(structure, engine="moyo")
+    assert time.perf_counter() - started < 5.0
+    assert symmetry.space_group == analyze(structure).space_group == 160
+    assert encode(structure, "canonical", engine="moyo") == encode(structure, "canonical")

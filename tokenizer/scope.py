@@ -129,7 +129,8 @@ def encode(
     ``engine="moyo"`` runs the symmetry search with moyopy (a Rust implementation, several
     times faster) and is allowed for the canonical variant only, where the normalizer
     minimisation removes the setting choice in which it differs from spglib
-    (``docs/performance.md`` has the measured agreement).
+    (``docs/performance.md`` has the measured agreement). moyo ignores ``angle_tolerance``
+    (see ``_moyo_symmetry``).
 
     Raises ``ScopeError`` naming the reason for structures that cannot be encoded: partial
     occupancy, no sites, non-finite lattice or coordinates, a failed symmetry search.
@@ -173,7 +174,7 @@ def analyze_cell(
     """``analyze`` on a cell already taken from its structure with ``cell_of``."""
     _check_engine(engine, ())
     if engine == "moyo":
-        return _moyo_symmetry(cell, symprec, angle_tolerance)
+        return _moyo_symmetry(cell, symprec)
     import spglib
 
     dataset = _symmetry_dataset(
@@ -275,16 +276,17 @@ def _check_engine(engine: str, variants: tuple[str, ...] | list[str]) -> None:
         )
 
 
-def _moyo_symmetry(cell: Cell, symprec: float, angle_tolerance: float) -> Symmetry:
+def _moyo_symmetry(cell: Cell, symprec: float) -> Symmetry:
+    """moyo's search, with a distance tolerance only: given spglib's 5° angle tolerance,
+    moyopy 0.21 can search without end, its memory growing by gigabytes, on some cells
+    (``mp_20_biternary_val_test:10110``, a 20-site R3m oxide); without it, it does not."""
     import moyopy
 
     # moyo has no element 0; the dummy species X gets a number no element uses.
     species = [n if n > 0 else 200 for n in cell.numbers]
     try:
         moyo_cell = moyopy.Cell(cell.lattice.tolist(), cell.frac.tolist(), species)
-        dataset = moyopy.MoyoDataset(
-            moyo_cell, symprec=symprec, angle_tolerance=math.radians(angle_tolerance)
-        )
+        dataset = moyopy.MoyoDataset(moyo_cell, symprec=symprec)
     except Exception as exc:  # moyopy raises its own error types
         raise ScopeError(f"symmetry search (moyo) failed at symprec={symprec}: {exc}") from exc
     return Symmetry(
