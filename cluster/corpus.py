@@ -65,7 +65,7 @@ DEFAULT_SHARD_SIZE = 10_000
 # Big enough that scheduling and per-unit reader start-up are noise, small enough that a dead
 # worker or a resumed build redoes only seconds of work and that work spreads over many cores.
 DEFAULT_UNIT_SIZE = 1_000
-# About 0.5 KB each: a few hundred MB at most, in one actor.
+# About 200 bytes each for a 10-site cell: a few hundred MB at most, in one actor.
 DEFAULT_MEMO_ENTRIES = 1_000_000
 STATE_DIR = ".build"
 STATE_NAME = "state.json"
@@ -167,15 +167,23 @@ def encode_unit(
     records = list(read_unit(unit))
     cells = [_cell(record) for record in records]
     keys = [_fingerprint(cell, options) for cell in cells]
-    known = _memo_lookup(memo, [k for k in keys if k is not None])
-    seen = set(known)
+    packed = _memo_lookup(memo, [k for k in keys if k is not None])
+    known: dict[bytes, Symmetry] = {}
     results: list[Encoded | Failed] = []
     for record, cell, key in zip(records, cells, keys, strict=True):
+        if key in packed and key not in known and not isinstance(cell, Failed):
+            known[key] = _unpacked(packed[key], cell, options.engine)
         results.append(_encode_cell(record, cell, key, options, known))
         if kill_once:
             _die_once(kill_once)
-    _memo_store(memo, {k: v for k, v in known.items() if k not in seen})
+    _memo_store(memo, {k: v.pack() for k, v in known.items() if k not in packed})
     return results
+
+
+def _unpacked(packed: bytes, cell: Cell, engine: str) -> Symmetry:
+    from tokenizer.scope import Symmetry
+
+    return Symmetry.unpack(packed, cell, engine)
 
 
 def _die_once(sentinel: str) -> None:
@@ -274,7 +282,8 @@ def _encode_cell(
 
 
 class SymmetryMemo:
-    """Symmetry analyses by cell fingerprint, shared by every task of one build (a Ray actor).
+    """Packed symmetry analyses (``Symmetry.pack``) by cell fingerprint, shared by every task
+    of one build (a Ray actor).
 
     The same relaxed structure often comes in several property datasets, byte for byte; one
     search serves them all, whichever worker meets them. Oldest entries go first beyond
@@ -283,17 +292,17 @@ class SymmetryMemo:
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self.entries: dict[bytes, Symmetry] = {}
+        self.entries: dict[bytes, bytes] = {}
         self.hits = 0
         self.lookups = 0
 
-    def lookup(self, keys: list[bytes]) -> dict[bytes, Symmetry]:
+    def lookup(self, keys: list[bytes]) -> dict[bytes, bytes]:
         found = {k: self.entries[k] for k in keys if k in self.entries}
         self.lookups += len(keys)
         self.hits += len(found)
         return found
 
-    def store(self, items: dict[bytes, Symmetry]) -> None:
+    def store(self, items: dict[bytes, bytes]) -> None:
         self.entries.update(items)
         while len(self.entries) > self.max_entries:
             del self.entries[next(iter(self.entries))]
@@ -302,7 +311,7 @@ class SymmetryMemo:
         return {"entries": len(self.entries), "lookups": self.lookups, "hits": self.hits}
 
 
-def _memo_lookup(memo: Any, keys: list[bytes]) -> dict[bytes, Symmetry]:
+def _memo_lookup(memo: Any, keys: list[bytes]) -> dict[bytes, bytes]:
     if memo is None or not keys:
         return {}
     import ray
@@ -313,7 +322,7 @@ def _memo_lookup(memo: Any, keys: list[bytes]) -> dict[bytes, Symmetry]:
         return {}
 
 
-def _memo_store(memo: Any, items: dict[bytes, Symmetry]) -> None:
+def _memo_store(memo: Any, items: dict[bytes, bytes]) -> None:
     if memo is None or not items:
         return
     import ray

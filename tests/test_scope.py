@@ -329,3 +329,16 @@ def test_moyo_engine_finishes_on_a_sheared_rhombohedral_cell() -> None:
     assert time.perf_counter() - started < 5.0
     assert symmetry.space_group == analyze(structure).space_group == 160
     assert encode(structure, "canonical", engine="moyo") == encode(structure, "canonical")
+
+
+def test_symmetry_packs_into_a_few_bytes_per_site(robust_structures: list[Structure]) -> None:
+    from tokenizer.scope import Symmetry, analyze_cell, cell_of
+
+    for structure in robust_structures:
+        cell = cell_of(structure)
+        symmetry = analyze_cell(cell)
+        packed = symmetry.pack()
+        assert len(packed) == 1 + 5 * len(structure)
+        assert Symmetry.unpack(packed, cell) == symmetry
+    with pytest.raises(ValueError, match="do not describe"):
+        Symmetry.unpack(packed[:-1], cell)

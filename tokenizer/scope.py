@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -112,6 +113,29 @@ class Symmetry:
     @property
     def num_sites(self) -> int:
         return len(self.elements)
+
+    def pack(self) -> bytes:
+        """What the search found, in about five bytes per site (``unpack`` restores it)."""
+        letters = "".join(self.wyckoff_letters).encode("ascii")
+        if len(letters) != self.num_sites:
+            raise ValueError(f"Wyckoff letters {self.wyckoff_letters} are not one per site")
+        orbits = array("I", self.orbit_of_site).tobytes()
+        return bytes([self.space_group]) + letters + orbits
+
+    @classmethod
+    def unpack(cls, packed: bytes, cell: Cell, engine: str = "spglib") -> Symmetry:
+        """The ``Symmetry`` that ``pack`` wrote, for the cell it was found on."""
+        n = len(cell.elements)
+        if len(packed) != 1 + 5 * n:
+            raise ValueError(f"{len(packed)} packed bytes do not describe a {n}-site cell")
+        return cls(
+            space_group=packed[0],
+            wyckoff_letters=tuple(packed[1 : 1 + n].decode("ascii")),
+            orbit_of_site=tuple(array("I", packed[1 + n :])),
+            elements=cell.elements,
+            el_amt=_fractional_composition(cell.elements),
+            engine=engine,
+        )
 
 
 # --------------------------------------------------------------------------- encoding
