@@ -1,10 +1,13 @@
 """Corpus building throughput end to end (read, encode, write), 1 → K Ray workers.
 
-    python benchmarks/corpus_build.py [--data ../shared/data] [--limit 20000] [--workers 1,2]
+    python benchmarks/corpus_build.py [--data ../shared/data] [--limit N] [--workers 1,2]
+                                      [--setups 0,1,2]
 
-Builds a corpus from the first ``--limit`` structures of ``corpus/structures.jsonl.gz`` (the
-104,494-structure stand-in; the shipped 2,986-structure sample when ../shared/data is absent)
-with a local Ray on 127.0.0.1, once per worker count, and reports:
+Builds a corpus from ``corpus/structures.jsonl.gz`` in ``--data`` (the 104,494-structure
+stand-in, all of it unless ``--limit``; the shipped 2,986-structure sample when ../shared/data
+is absent) with a local Ray on 127.0.0.1, in three setups: the released ``cloud`` variant
+with the symmetry memo (the default build), the same without the memo (the baseline, one
+worker), and a canonical-only corpus with the moyo engine. It reports:
 
 - a one-core profile of the stages (reader: JSON + Structure; spglib; SCOPE formatting and
   token ids; reduced formula; the sample JSON; the driver's tar append), CPU ms per structure;
@@ -17,7 +20,8 @@ with a local Ray on 127.0.0.1, once per worker count, and reports:
   driver's serial rate; once from the wall-clock figures, once from the CPU figures (a
   dedicated core per worker).
 
-Every build writes byte-identical shards (checked), so the runs differ only in speed.
+Every ``cloud`` build writes byte-identical shards, whatever the worker count and with or
+without the memo (checked), so the runs differ only in speed.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from cluster.corpus import DEFAULT_MEMO_ENTRIES
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_PER_CORE = 250.0
@@ -45,7 +52,7 @@ def prefix_file(source: Path, limit: int, scratch: Path, stride: int = 1) -> tup
     count = 0
     with gzip.open(source, "rb") as src, gzip.open(target, "wb", compresslevel=1) as dst:
         for index, line in enumerate(src):
-            if index >= limit:
+            if limit and index >= limit:
                 break
             if index % stride == 0:
                 dst.write(line)
@@ -136,7 +143,26 @@ def ray_worker_cpu() -> float:
     return total
 
 
-def timed_build(source: Path, out: Path, workers: int, unit_size: int, shard_size: int) -> dict:
+@dataclass(frozen=True)
+class Setup:
+    """One way to build the corpus; each is timed with every worker count asked for."""
+
+    label: str
+    variants: tuple[str, ...] = ("cloud",)
+    engine: str = "spglib"
+    memo_entries: int = DEFAULT_MEMO_ENTRIES
+
+
+SETUPS = (
+    Setup("cloud (spglib), symmetry memo"),
+    Setup("cloud (spglib), no memo — the baseline", memo_entries=0),
+    Setup("canonical only (moyo), symmetry memo", ("canonical",), "moyo"),
+)
+
+
+def timed_build(
+    source: Path, out: Path, workers: int, unit_size: int, shard_size: int, setup: Setup = SETUPS[0]
+) -> dict:
     from cluster.corpus import build_corpus
 
     shutil.rmtree(out, ignore_errors=True)
@@ -149,8 +175,12 @@ def timed_build(source: Path, out: Path, workers: int, unit_size: int, shard_siz
         unit_size=unit_size,
         shard_size=shard_size,
         progress=False,
+        variants=setup.variants,
+        engine=setup.engine,
+        memo_entries=setup.memo_entries,
     )
     return {
+        "setup": setup,
         "workers": workers,
         "wall": time.perf_counter() - wall0,
         "driver_cpu": time.process_time() - cpu0,
@@ -183,8 +213,15 @@ def projection(rate_one: float, efficiency: float, driver_rate: float) -> list[t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--limit", type=int, default=20_000, help="structures (a prefix)")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="structures (a prefix; 0: the whole file)"
+    )
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument(
+        "--setups",
+        default="0,1,2",
+        help="which of: 0 cloud with the memo, 1 cloud without (1 worker only), 2 moyo canonical",
+    )
     parser.add_argument("--unit-size", type=int, default=1000)
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--profile", type=int, default=1500, help="structures in the profile")
@@ -229,21 +266,37 @@ def main() -> None:
             log_to_driver=False,
             _node_ip_address="127.0.0.1",
         )
-        ray_start = time.perf_counter() - started
+        print(f"Ray start {time.perf_counter() - started:.1f} s (not in the times below)")
         (scratch / "warm").mkdir()
         warm, _ = prefix_file(prefix, 40, scratch / "warm")
         timed_build(warm, scratch / "warmup", max(worker_counts), 10, 100)  # start workers
 
-        runs = [
-            timed_build(prefix, scratch / f"w{w}", w, args.unit_size, args.shard_size)
-            for w in worker_counts
-        ]
+        setups = [SETUPS[int(i)] for i in args.setups.split(",")]
+        runs = []
+        for number, setup in enumerate(setups):
+            counts = worker_counts if setup.memo_entries else worker_counts[:1]
+            for w in counts:
+                out = scratch / f"s{number}-w{w}"
+                runs.append(timed_build(prefix, out, w, args.unit_size, args.shard_size, setup))
+                print(f"  {setup.label}, {w} worker(s): {runs[-1]['wall']:.1f} s", flush=True)
         ray.shutdown()
 
-    identical = all(run["shards"] == runs[0]["shards"] for run in runs)
+    for setup in setups:
+        report(setup, [r for r in runs if r["setup"] == setup], worker_ms)
+    cloud = [r for r in runs if r["setup"].variants == ("cloud",)]
+    print(f"\ncloud shards identical across worker counts and memo on/off: {same_shards(cloud)}")
+
+
+def same_shards(runs: list[dict]) -> bool:
+    return all(run["shards"] == runs[0]["shards"] for run in runs)
+
+
+def report(setup: Setup, runs: list[dict], worker_ms: float) -> None:
+    """The table, the targets and the projection for one setup's runs."""
+    print(f"\n== {setup.label}")
     base = runs[0]
     base_rate = base["read"] / base["wall"] / base["workers"]
-    print(f"\nRay start {ray_start:.1f} s (not in the times below); shards identical: {identical}")
+    print(f"shards identical across worker counts: {same_shards(runs)}")
     print(f"totals: {base['totals']}")
     base_cpu_rate = base["read"] / base["worker_cpu"]
     header = (
@@ -284,6 +337,8 @@ def main() -> None:
         "sets the driver limit below)"
     )
 
+    if len(runs) < 2:
+        return
     last = runs[-1]
     driver_rate = last["read"] / last["driver_thread_cpu"]
     cpu_efficiency = (last["read"] / last["worker_cpu"]) / base_cpu_rate

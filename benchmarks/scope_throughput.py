@@ -97,9 +97,8 @@ def moyo_agreement(cells: list[tuple]) -> dict[str, float] | None:
     for lattice, frac, numbers in cells:
         cell = moyopy.Cell(np.asarray(lattice).tolist(), np.asarray(frac).tolist(), list(numbers))
         results.append(
-            moyopy.MoyoDataset(
-                cell, symprec=DEFAULT_SYMPREC, angle_tolerance=np.radians(DEFAULT_ANGLE_TOLERANCE)
-            )
+            # No angle tolerance, as tokenizer.scope runs moyo (it can hang with one).
+            moyopy.MoyoDataset(cell, symprec=DEFAULT_SYMPREC)
         )
     elapsed = time.perf_counter() - start
     for cell, moyo in zip(cells, results, strict=True):
