@@ -158,8 +158,10 @@ import json, os, signal, sys, time
 
 record = os.environ["FAKE_SLURM_RECORD"]
 name = f"ray-{os.environ.get('SLURMD_NODENAME', 'batch')}-{os.getpid()}"
-with open(os.path.join(record, name + ".json"), "w") as f:
+path = os.path.join(record, name + ".json")
+with open(path + ".tmp", "w") as f:
     json.dump({"argv": sys.argv[1:], "node": os.environ.get("SLURMD_NODENAME")}, f)
+os.replace(path + ".tmp", path)  # whole, for the fake wait-for-nodes that counts these
 
 
 def stopped(signum, frame):
@@ -172,12 +174,22 @@ if "--block" in sys.argv:
     time.sleep(60)
 """
 
+# `python -m cluster.ray_jobs wait-for-nodes HEAD N` returns once N Ray nodes have joined, as
+# the real one does: here, once N fake `ray start` processes have recorded themselves.
 FAKE_PYTHON = r"""
-import json, os, sys
+import glob, json, os, sys, time
 
 record = os.environ["FAKE_SLURM_RECORD"]
+args = sys.argv[1:]
 with open(os.path.join(record, "python.log"), "a") as log:
-    log.write(json.dumps(sys.argv[1:]) + "\n")
+    log.write(json.dumps(args) + "\n")
+if "wait-for-nodes" in args:
+    wanted = int(args[args.index("wait-for-nodes") + 2])
+    deadline = time.monotonic() + 60
+    while len(glob.glob(os.path.join(record, "ray-*.json"))) < wanted:
+        if time.monotonic() > deadline:
+            sys.exit(f"fake wait-for-nodes: fewer than {wanted} Ray nodes joined")
+        time.sleep(0.05)
 """
 
 # Arguments a shell would mangle or execute if they were ever parsed: the recorder must see
