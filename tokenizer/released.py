@@ -18,16 +18,13 @@ byte-for-byte copies of the released Hugging Face tokenizer files (``vocab.txt``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from functools import cached_property
 from pathlib import Path
 
 from tokenizer.tables import TABLES
-from tokenizer.vocab import BatchEncoding
+from tokenizer.vocab import Vocabulary
 
 FORMAT_NAME = "cloud-released-wordpiece"
 FORMAT_VERSION = 1
@@ -58,13 +55,15 @@ def read_wordpiece_files(
     return [*base, *(token for token, _ in extra)], len(base)
 
 
-class ReleasedWordPieceTokenizer:
+class ReleasedWordPieceTokenizer(Vocabulary):
     """Token ids of released SCOPE strings in the released checkpoint's vocabulary.
 
-    Mirrors the ``ScopeTokenizer`` interface (``encode``, ``batch_encode``, ``decode``,
-    ``vocab_hash``, ``to_dict``/``from_dict``, ``save``/``load``) so packages and fine-tuning
-    code can use either.
+    A ``Vocabulary`` like ``ScopeTokenizer`` (``encode``, ``batch_encode``, ``decode``,
+    ``vocab_hash``, ``to_dict``/``from_dict``, ``save``/``load``), so packages and fine-tuning
+    code can use either; words are the released strings' whitespace-separated words.
     """
+
+    name = "WordPiece vocabulary"
 
     def __init__(
         self,
@@ -73,21 +72,9 @@ class ReleasedWordPieceTokenizer:
         num_base_tokens: int | None = None,
         max_length: int = DEFAULT_MAX_LENGTH,
     ) -> None:
-        self.tokens: tuple[str, ...] = tuple(tokens)
-        self.token_to_id: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}
-        if len(self.token_to_id) != len(self.tokens):
-            raise ValueError("WordPiece vocabulary has duplicate tokens")
-        missing = [t for t in SPECIAL_TOKENS if t not in self.token_to_id]
-        if missing:
-            raise ValueError(f"WordPiece vocabulary lacks special tokens {missing}")
+        super().__init__(tokens, max_length)
         # Where vocab.txt ends and the added tokens begin, to write the HF files back unchanged.
         self.num_base_tokens = len(self.tokens) if num_base_tokens is None else num_base_tokens
-        self.max_length = max_length
-        self.pad_id = self.token_to_id["[PAD]"]
-        self.cls_id = self.token_to_id["[CLS]"]
-        self.sep_id = self.token_to_id["[SEP]"]
-        self.mask_id = self.token_to_id["[MASK]"]
-        self.unk_id = self.token_to_id["[UNK]"]
 
     @classmethod
     def released(cls) -> ReleasedWordPieceTokenizer:
@@ -104,26 +91,8 @@ class ReleasedWordPieceTokenizer:
         tokens, num_base = read_wordpiece_files(vocab_txt, added_tokens_json)
         return cls(tokens, num_base_tokens=num_base, max_length=max_length)
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def special_ids(self) -> frozenset[int]:
-        return frozenset(self.token_to_id[t] for t in SPECIAL_TOKENS)
-
-    @cached_property
-    def vocab_hash(self) -> str:
-        """SHA-256 of the token list, computed as ``ScopeTokenizer.vocab_hash`` is."""
-        return hashlib.sha256(json.dumps(self.tokens).encode()).hexdigest()
-
     def tokenize(self, text: str) -> list[str]:
         return text.split()
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of one released SCOPE string; unknown words map to [UNK]."""
-        ids = [self.token_to_id.get(word, self.unk_id) for word in self.tokenize(text)]
-        return [self.cls_id, *ids, self.sep_id] if add_special_tokens else ids
 
     def segment_ids(self, ids: Sequence[int]) -> list[int]:
         return [0] * len(ids)
@@ -133,37 +102,6 @@ class ReleasedWordPieceTokenizer:
         if skip_special_tokens:
             words = [w for w in words if w not in SPECIAL_TOKENS]
         return " ".join(words)
-
-    def batch_encode(
-        self,
-        texts: Sequence[str],
-        max_length: int | None = None,
-        truncate: bool = False,
-        pad_to_multiple_of: int | None = None,
-    ) -> BatchEncoding:
-        """Encode and pad a batch (see ``ScopeTokenizer.batch_encode``)."""
-        import numpy as np
-
-        limit = max_length or self.max_length
-        encoded = []
-        for index, text in enumerate(texts):
-            ids = self.encode(text)
-            if len(ids) > limit:
-                if not truncate:
-                    raise ValueError(
-                        f"sequence {index} has {len(ids)} tokens, more than max_length={limit}"
-                    )
-                ids = [*ids[: limit - 1], self.sep_id]
-            encoded.append(ids)
-        length = max((len(s) for s in encoded), default=0)
-        if pad_to_multiple_of:
-            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-        input_ids = np.full((len(encoded), length), self.pad_id, dtype=np.int64)
-        attention = np.zeros((len(encoded), length), dtype=np.int64)
-        for row, ids in enumerate(encoded):
-            input_ids[row, : len(ids)] = ids
-            attention[row, : len(ids)] = 1
-        return BatchEncoding(input_ids, attention, np.zeros_like(input_ids))
 
     # ------------------------------------------------------------------ persistence
 
@@ -220,30 +158,6 @@ class ReleasedWordPieceTokenizer:
         if expected and expected != tokenizer.vocab_hash:
             raise ValueError(f"{source}: vocabulary hash mismatch (file corrupted or edited)")
         return tokenizer
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the vocabulary as JSON (atomically: temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(f.name, path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ReleasedWordPieceTokenizer:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read tokenizer JSON: {exc}") from exc
-        return cls.from_dict(data, source=str(path))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ReleasedWordPieceTokenizer) and self.tokens == other.tokens
-
-    def __hash__(self) -> int:
-        return hash(self.tokens)
 
     def __repr__(self) -> str:
         return (

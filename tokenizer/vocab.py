@@ -20,10 +20,11 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -61,24 +62,29 @@ class BatchEncoding:
     segment_ids: np.ndarray
 
 
-class ScopeTokenizer:
-    """Token ids for SCOPE strings of any variant, with a closed vocabulary."""
+class Vocabulary:
+    """What every tokenizer here shares: a token list with the BERT special tokens, ids,
+    padding into ``BatchEncoding`` and the JSON file (``to_dict``/``from_dict`` are the
+    subclass's, with its format name). Subclasses say how a string splits (``tokenize``),
+    which segment each position is in (``segment_ids``) and how ids read back (``decode``).
+    """
 
-    def __init__(self, tokens: Sequence[str] | None = None, max_length: int = DEFAULT_MAX_LENGTH):
-        self.tokens: tuple[str, ...] = tuple(tokens if tokens is not None else grammar_tokens())
+    name = "tokenizer vocabulary"  # how errors name it
+
+    def __init__(self, tokens: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH) -> None:
+        self.tokens: tuple[str, ...] = tuple(tokens)
         self.token_to_id: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}
         if len(self.token_to_id) != len(self.tokens):
-            raise ValueError("tokenizer vocabulary has duplicate tokens")
+            raise ValueError(f"{self.name} has duplicate tokens")
         missing = [t for t in SPECIAL_TOKENS if t not in self.token_to_id]
         if missing:
-            raise ValueError(f"tokenizer vocabulary lacks special tokens {missing}")
+            raise ValueError(f"{self.name} lacks special tokens {missing}")
         self.max_length = max_length
         self.pad_id = self.token_to_id["[PAD]"]
         self.cls_id = self.token_to_id["[CLS]"]
         self.sep_id = self.token_to_id["[SEP]"]
         self.mask_id = self.token_to_id["[MASK]"]
         self.unk_id = self.token_to_id["[UNK]"]
-        self.separator_id = self.token_to_id[SEGMENT_SEPARATOR]
 
     @property
     def vocab_size(self) -> int:
@@ -93,50 +99,23 @@ class ScopeTokenizer:
         """SHA-256 of the token list: two tokenizers with the same hash give the same ids."""
         return hashlib.sha256(json.dumps(self.tokens).encode()).hexdigest()
 
-    # ------------------------------------------------------------------ strings ↔ tokens
-
     def tokenize(self, text: str) -> list[str]:
-        """The namespaced tokens of a SCOPE string (without [CLS]/[SEP])."""
-        result: list[str] = []
-        segment = 0
-        for word in text.split():
-            if word == SEGMENT_SEPARATOR:
-                segment += 1
-                result.append(SEGMENT_SEPARATOR)
-            elif segment == 0:
-                result.append(f"G:{word}")
-            elif word[0].isdigit():
-                result.append(f"{'W' if segment == 1 else 'F'}:{word}")
-            else:
-                result.append(f"E:{word}")
-        return result
+        raise NotImplementedError
+
+    def segment_ids(self, ids: Sequence[int]) -> list[int]:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: Mapping, source: str = "tokenizer dict") -> Self:
+        raise NotImplementedError
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of one SCOPE string; unknown words map to [UNK]."""
         ids = [self.token_to_id.get(t, self.unk_id) for t in self.tokenize(text)]
         return [self.cls_id, *ids, self.sep_id] if add_special_tokens else ids
-
-    def segment_ids(self, ids: Sequence[int]) -> list[int]:
-        """Segment of each position: 0 generator (and [CLS]), 1 Wyckoff, 2 composition."""
-        segments, current = [], 0
-        for token_id in ids:
-            if token_id == self.separator_id:
-                current = min(current + 1, NUM_SEGMENTS - 1)
-            segments.append(current)
-        return segments
-
-    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        """The SCOPE string of token ids (the inverse of ``encode`` on valid strings)."""
-        words = []
-        for token_id in ids:
-            token = self.tokens[int(token_id)]
-            if token in SPECIAL_TOKENS:
-                if skip_special_tokens:
-                    continue
-                words.append(token)
-            else:
-                words.append(token.split(":", 1)[1] if ":" in token else token)
-        return " ".join(words)
 
     def batch_encode(
         self,
@@ -180,6 +159,78 @@ class ScopeTokenizer:
             )
         return [*ids[: limit - 1], self.sep_id]
 
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the vocabulary as JSON (atomically: temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        os.replace(f.name, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Self:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read tokenizer JSON: {exc}") from exc
+        return cls.from_dict(data, source=str(path))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.tokens == other.tokens  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self.tokens)
+
+
+class ScopeTokenizer(Vocabulary):
+    """Token ids for SCOPE strings of any variant, with a closed vocabulary."""
+
+    def __init__(self, tokens: Sequence[str] | None = None, max_length: int = DEFAULT_MAX_LENGTH):
+        super().__init__(tokens if tokens is not None else grammar_tokens(), max_length)
+        self.separator_id = self.token_to_id[SEGMENT_SEPARATOR]
+
+    # ------------------------------------------------------------------ strings ↔ tokens
+
+    def tokenize(self, text: str) -> list[str]:
+        """The namespaced tokens of a SCOPE string (without [CLS]/[SEP])."""
+        result: list[str] = []
+        segment = 0
+        for word in text.split():
+            if word == SEGMENT_SEPARATOR:
+                segment += 1
+                result.append(SEGMENT_SEPARATOR)
+            elif segment == 0:
+                result.append(f"G:{word}")
+            elif word[0].isdigit():
+                result.append(f"{'W' if segment == 1 else 'F'}:{word}")
+            else:
+                result.append(f"E:{word}")
+        return result
+
+    def segment_ids(self, ids: Sequence[int]) -> list[int]:
+        """Segment of each position: 0 generator (and [CLS]), 1 Wyckoff, 2 composition."""
+        segments, current = [], 0
+        for token_id in ids:
+            if token_id == self.separator_id:
+                current = min(current + 1, NUM_SEGMENTS - 1)
+            segments.append(current)
+        return segments
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """The SCOPE string of token ids (the inverse of ``encode`` on valid strings)."""
+        words = []
+        for token_id in ids:
+            token = self.tokens[int(token_id)]
+            if token in SPECIAL_TOKENS:
+                if skip_special_tokens:
+                    continue
+                words.append(token)
+            else:
+                words.append(token.split(":", 1)[1] if ":" in token else token)
+        return " ".join(words)
+
     # ------------------------------------------------------------------ persistence
 
     def to_dict(self) -> dict:
@@ -190,15 +241,6 @@ class ScopeTokenizer:
             "vocab_hash": self.vocab_hash,
             "tokens": list(self.tokens),
         }
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the vocabulary as JSON (atomically: temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(f.name, path)
-        return path
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "tokenizer dict") -> ScopeTokenizer:
@@ -214,21 +256,6 @@ class ScopeTokenizer:
         if expected and expected != tokenizer.vocab_hash:
             raise ValueError(f"{source}: vocabulary hash mismatch (file corrupted or edited)")
         return tokenizer
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ScopeTokenizer:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read tokenizer JSON: {exc}") from exc
-        return cls.from_dict(data, source=str(path))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ScopeTokenizer) and self.tokens == other.tokens
-
-    def __hash__(self) -> int:
-        return hash(self.tokens)
 
     def __repr__(self) -> str:
         return f"ScopeTokenizer(vocab_size={self.vocab_size}, vocab_hash={self.vocab_hash[:12]})"
