@@ -54,11 +54,23 @@ from cluster.manifest import (
     tool_version,
     write_json_atomic,
 )
-from tokenizer.scope import DEFAULT_ANGLE_TOLERANCE, DEFAULT_SYMPREC, VARIANTS
+from tokenizer.scope import (
+    DEFAULT_ANGLE_TOLERANCE,
+    DEFAULT_SYMPREC,
+    ENGINES,
+    SPGLIB_ONLY_VARIANTS,
+    VARIANTS,
+    Cell,
+    ScopeError,
+    Symmetry,
+    analyze_cell,
+    cell_fingerprint,
+    cell_of,
+    format_variant,
+)
 
 if TYPE_CHECKING:
     from cluster.readers import InputFile, Record, WorkUnit
-    from tokenizer.scope import Cell, Symmetry
     from tokenizer.vocab import ScopeTokenizer
 
 DEFAULT_SHARD_SIZE = 10_000
@@ -172,18 +184,12 @@ def encode_unit(
     results: list[Encoded | Failed] = []
     for record, cell, key in zip(records, cells, keys, strict=True):
         if key in packed and key not in known and not isinstance(cell, Failed):
-            known[key] = _unpacked(packed[key], cell, options.engine)
+            known[key] = Symmetry.unpack(packed[key], cell, options.engine)
         results.append(_encode_cell(record, cell, key, options, known))
         if kill_once:
             _die_once(kill_once)
     _memo_store(memo, {k: v.pack() for k, v in known.items() if k not in packed})
     return results
-
-
-def _unpacked(packed: bytes, cell: Cell, engine: str) -> Symmetry:
-    from tokenizer.scope import Symmetry
-
-    return Symmetry.unpack(packed, cell, engine)
 
 
 def _die_once(sentinel: str) -> None:
@@ -203,8 +209,6 @@ def encode_record(record: Record, options: EncodeOptions) -> Encoded | Failed:
 
 
 def _cell(record: Record) -> Cell | Failed:
-    from tokenizer.scope import ScopeError, cell_of
-
     if record.error is not None or record.structure is None:
         return Failed(record.source, record.source_id, record.position, record.error or "empty")
     try:
@@ -214,8 +218,6 @@ def _cell(record: Record) -> Cell | Failed:
 
 
 def _fingerprint(cell: Cell | Failed, options: EncodeOptions) -> bytes | None:
-    from tokenizer.scope import cell_fingerprint
-
     if isinstance(cell, Failed):
         return None
     return cell_fingerprint(cell, options.symprec, options.angle_tolerance, options.engine)
@@ -230,8 +232,6 @@ def _encode_cell(
 ) -> Encoded | Failed:
     """A record whose cell has been taken → its sample; ``known`` holds analyses by
     fingerprint, and gains this one."""
-    from tokenizer.scope import ScopeError, analyze_cell, format_variant
-
     if isinstance(cell, Failed):
         return cell
     assert fingerprint is not None and record.structure is not None
@@ -1048,8 +1048,6 @@ def build_corpus(
 
 
 def _check_engine(engine: str, variants: Sequence[str]) -> None:
-    from tokenizer.scope import ENGINES, SPGLIB_ONLY_VARIANTS
-
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     bound = sorted(SPGLIB_ONLY_VARIANTS.intersection(variants))
