@@ -825,43 +825,15 @@ def save_hf_pretrained(
     }
     files: dict[str, str | bytes] = {
         "config.json": json.dumps(hf_config, indent=2) + "\n",
-        **hf_tokenizer_files(tokenizer),
+        **tokenizer.hf_files(),
         CARD_FILE: model_card(card_config, usage=_hf_usage(tokenizer)),
     }
     return write_package(out_dir, tensors, files, weights_file=HF_SAFETENSORS, overwrite=overwrite)
 
 
-def hf_tokenizer_files(tokenizer: Any) -> dict[str, str]:
-    """BertTokenizer files of ``tokenizer``: its own ``hf_files()``, else vocab.txt in id order.
-
-    The SCOPE tokenizer's namespaced tokens (``G:a``, ``W:4a``, ``E:Na``, ``F:0.5``) are whole
-    vocab.txt entries, so ``BertTokenizer.convert_tokens_to_ids`` gives our ids; the tokens
-    themselves come from ``ScopeTokenizer.tokenize`` (BERT's own pre-tokenizer would split
-    them at ':').
-    """
-    if hasattr(tokenizer, "hf_files"):
-        return dict(tokenizer.hf_files())
-    special = {
-        "cls_token": "[CLS]",
-        "mask_token": "[MASK]",
-        "pad_token": "[PAD]",
-        "sep_token": "[SEP]",
-        "unk_token": "[UNK]",
-    }
-    tokenizer_config = {
-        "tokenizer_class": "BertTokenizer",
-        "do_lower_case": False,
-        "model_max_length": tokenizer.max_length,
-        **special,
-    }
-    return {
-        "vocab.txt": "".join(f"{token}\n" for token in tokenizer.tokens),
-        "special_tokens_map.json": json.dumps(special, indent=2) + "\n",
-        "tokenizer_config.json": json.dumps(tokenizer_config, indent=2) + "\n",
-    }
-
-
 def _hf_usage(tokenizer: Any) -> list[str]:
+    from tokenizer.released import ReleasedWordPieceTokenizer
+
     header = [
         "A Hugging Face `BertForMaskedLM` directory (post-LN CLOUD models are exactly BERT).",
         "",
@@ -870,7 +842,7 @@ def _hf_usage(tokenizer: Any) -> list[str]:
         "",
         'model = BertForMaskedLM.from_pretrained("path/to/this/directory")',
     ]
-    if hasattr(tokenizer, "hf_files"):
+    if isinstance(tokenizer, ReleasedWordPieceTokenizer):
         # The released WordPiece vocabulary tokenizes released SCOPE strings as they are.
         return [
             *header,

@@ -105,31 +105,6 @@ class ReleasedWordPieceTokenizer(Vocabulary):
 
     # ------------------------------------------------------------------ persistence
 
-    def hf_files(self) -> dict[str, str]:
-        """The Hugging Face ``BertTokenizer`` files of this vocabulary (name → text)."""
-        added = {t: i for i, t in enumerate(self.tokens) if i >= self.num_base_tokens}
-        special = {
-            "cls_token": "[CLS]",
-            "mask_token": "[MASK]",
-            "pad_token": "[PAD]",
-            "sep_token": "[SEP]",
-            "unk_token": "[UNK]",
-        }
-        config = {
-            "tokenizer_class": "BertTokenizer",
-            "do_lower_case": False,
-            "model_max_length": self.max_length,
-            **special,
-        }
-        files = {
-            "vocab.txt": "".join(f"{t}\n" for t in self.tokens[: self.num_base_tokens]),
-            "special_tokens_map.json": json.dumps(special, indent=2) + "\n",
-            "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
-        }
-        if added:
-            files["added_tokens.json"] = json.dumps(added, indent=2) + "\n"
-        return files
-
     def to_dict(self) -> dict:
         return {
             "format": FORMAT_NAME,

@@ -80,6 +80,8 @@ class Vocabulary:
         if missing:
             raise ValueError(f"{self.name} lacks special tokens {missing}")
         self.max_length = max_length
+        # vocab.txt entries of the Hugging Face files; any tokens after them are added tokens.
+        self.num_base_tokens = len(self.tokens)
         self.pad_id = self.token_to_id["[PAD]"]
         self.cls_id = self.token_to_id["[CLS]"]
         self.sep_id = self.token_to_id["[SEP]"]
@@ -158,6 +160,37 @@ class Vocabulary:
                 "raise max_length or pass truncate=True"
             )
         return [*ids[: limit - 1], self.sep_id]
+
+    def hf_files(self) -> dict[str, str]:
+        """The Hugging Face ``BertTokenizer`` files of this vocabulary (name → text).
+
+        The SCOPE tokenizer's namespaced tokens (``G:a``, ``W:4a``, ``E:Na``, ``F:0.5``) are
+        whole vocab.txt entries, so ``BertTokenizer.convert_tokens_to_ids`` gives our ids; the
+        tokens themselves come from ``tokenize`` (BERT's own pre-tokenizer would split them
+        at ':').
+        """
+        added = {t: i for i, t in enumerate(self.tokens) if i >= self.num_base_tokens}
+        special = {
+            "cls_token": "[CLS]",
+            "mask_token": "[MASK]",
+            "pad_token": "[PAD]",
+            "sep_token": "[SEP]",
+            "unk_token": "[UNK]",
+        }
+        config = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": False,
+            "model_max_length": self.max_length,
+            **special,
+        }
+        files = {
+            "vocab.txt": "".join(f"{t}\n" for t in self.tokens[: self.num_base_tokens]),
+            "special_tokens_map.json": json.dumps(special, indent=2) + "\n",
+            "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+        }
+        if added:
+            files["added_tokens.json"] = json.dumps(added, indent=2) + "\n"
+        return files
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the vocabulary as JSON (atomically: temporary file, then rename)."""
