@@ -93,6 +93,10 @@ def _count_from_config(config: CloudConfig, embedding: bool) -> int:
     tables = (vocab + config.max_position_embeddings + config.num_segments) * d
     if not config.tie_word_embeddings:
         tables += vocab * d
+    if config.token_features is not None:
+        from cloud.token_features import num_token_features
+
+        tables += (num_token_features(config.token_features) + 1) * d  # projection + bias
     return non_embedding + tables
 
 

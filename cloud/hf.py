@@ -114,6 +114,11 @@ def hf_bert_config(config: CloudConfig) -> dict[str, Any]:
 def _require_post_ln(config: CloudConfig) -> None:
     if config.prenorm:
         raise ValueError("only prenorm=False (post-LN) CLOUD configs correspond to BERT")
+    if config.token_features is not None:
+        raise ValueError(
+            f"token_features={config.token_features!r} has no BERT counterpart; only models "
+            "without token features export to the Hugging Face layout"
+        )
 
 
 def _one_to_one_names(config: CloudConfig) -> list[tuple[str, str]]:

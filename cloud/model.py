@@ -15,7 +15,7 @@ mask is ever materialised. Pure PyTorch: distributed wrapping lives in ``train/`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -62,6 +62,11 @@ class CloudConfig:
     """Share the MLM decoder weight with the input word embeddings."""
     initializer_range: float = 0.02
     """Standard deviation of the normal init of linear and embedding weights."""
+    token_features: str | None = None
+    """Fixed physical features per token (``cloud.token_features.FEATURE_SETS``, e.g.
+    "elements-v1": element properties, fraction values, multiplicities), projected by a learned
+    linear map and added to the word embedding; None: word embeddings only (the released
+    layout)."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_heads"):
@@ -77,6 +82,14 @@ class CloudConfig:
             )
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id {self.pad_token_id} outside [0, {self.vocab_size})")
+        if self.token_features is not None:
+            from cloud.token_features import FEATURE_SETS
+
+            if self.token_features not in FEATURE_SETS:
+                raise ValueError(
+                    f"CloudConfig.token_features {self.token_features!r} is not one of "
+                    f"{FEATURE_SETS} (or null)"
+                )
 
     @property
     def head_dim(self) -> int:
@@ -102,11 +115,24 @@ def dataclass_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
 
 
 class Embeddings(nn.Module):
-    """Word + learned position (+ segment) embeddings, then LayerNorm and dropout (as BERT)."""
+    """Word + learned position (+ segment) (+ projected token-feature) embeddings, then
+    LayerNorm and dropout (as BERT).
+
+    With ``config.token_features`` the module holds ``feature_table`` ([vocab, k], a
+    persistent buffer: zeros until ``set_feature_table`` fills it from the tokenizer's tokens,
+    then saved and loaded with the weights) and ``feature_projection`` (k → d, learned).
+    """
 
     def __init__(self, config: CloudConfig) -> None:
         super().__init__()
         self.word = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.feature_projection: nn.Linear | None = None
+        if config.token_features is not None:
+            from cloud.token_features import num_token_features
+
+            width = num_token_features(config.token_features)
+            self.register_buffer("feature_table", torch.zeros(config.vocab_size, width))
+            self.feature_projection = nn.Linear(width, config.hidden_size)
         self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.segment = (
             nn.Embedding(config.num_segments, config.hidden_size) if config.num_segments else None
@@ -124,7 +150,22 @@ class Embeddings(nn.Module):
         positions = torch.arange(seq_len, device=input_ids.device)
         x = self.word(input_ids) + self.position(positions)
         x = x + self._segment_embedding(input_ids, segment_ids)
+        if self.feature_projection is not None:
+            x = x + self.feature_projection(self.feature_table[input_ids])
         return self.dropout(self.norm(x))
+
+    def set_feature_table(self, table: Tensor) -> None:
+        """Fill the token-feature buffer ([vocab, k], from ``cloud.token_features``)."""
+        if self.feature_projection is None:
+            raise ValueError("this model has no token features (CloudConfig.token_features)")
+        buffer: Tensor = self.feature_table  # type: ignore[assignment]
+        if tuple(table.shape) != tuple(buffer.shape):
+            raise ValueError(
+                f"token-feature table of shape {tuple(table.shape)}; the model expects "
+                f"{tuple(buffer.shape)}"
+            )
+        with torch.no_grad():
+            buffer.copy_(table)
 
     def _segment_embedding(self, input_ids: Tensor, segment_ids: Tensor | None) -> Tensor | float:
         if self.segment is None:
@@ -247,10 +288,29 @@ class CloudModel(nn.Module):
             # Padding carries no information; starting its row at zero matches BERT.
             self.embeddings.word.weight[self.config.pad_token_id].zero_()
 
+    def set_token_features(self, tokens: Sequence[str]) -> None:
+        """Fill the token-feature table from the vocabulary's tokens (in id order).
+
+        Called once when a model with ``config.token_features`` is created from scratch;
+        loading a package restores the table with the weights.
+        """
+        from cloud.token_features import token_feature_table
+
+        if self.config.token_features is None:
+            raise ValueError("this model has no token features (CloudConfig.token_features)")
+        if len(tokens) != self.config.vocab_size:
+            raise ValueError(f"{len(tokens)} tokens for a vocabulary of {self.config.vocab_size}")
+        self.embeddings.set_feature_table(token_feature_table(tokens, self.config.token_features))
+
     def embedding_parameters(self) -> list[nn.Parameter]:
-        """The lookup tables (word, position, segment): excluded from non-embedding counts."""
-        tables = [self.embeddings.word, self.embeddings.position, self.embeddings.segment]
-        return [table.weight for table in tables if table is not None]
+        """The lookup tables (word, position, segment) and the token-feature projection (an
+        input embedding of the features): excluded from non-embedding counts."""
+        embeddings = self.embeddings
+        tables = [embeddings.word, embeddings.position, embeddings.segment]
+        params = [table.weight for table in tables if table is not None]
+        if embeddings.feature_projection is not None:
+            params += [embeddings.feature_projection.weight, embeddings.feature_projection.bias]
+        return params
 
 
 def init_module(module: nn.Module, config: CloudConfig) -> None:
@@ -343,6 +403,10 @@ class CloudForMaskedLM(nn.Module):
     ) -> Tensor:
         """The [CLS] embedding (position 0) of each sequence, [B, d]."""
         return self.encoder.encode(input_ids, attention_mask, segment_ids)
+
+    def set_token_features(self, tokens: Sequence[str]) -> None:
+        """See ``CloudModel.set_token_features``."""
+        self.encoder.set_token_features(tokens)
 
     def init_weights(self) -> None:
         """Re-initialise every parameter (the tied decoder follows the word embeddings)."""

@@ -492,6 +492,8 @@ class Trainer:
             self.config, self.tokenizer.vocab_size, self.tokenizer.pad_id
         )
         self.model = CloudForMaskedLM(self.model_config)
+        if self.model_config.token_features is not None:
+            self.model.set_token_features(self.tokenizer.tokens)
         self.n_params = count_parameters(self.model_config)
         self.n_params_non_embedding = count_parameters(self.model_config, embedding=False)
         # From here on each rank draws its own dropout masks.
