@@ -24,6 +24,7 @@ Plain PyTorch in one process: the datasets are small (≤ 15k rows).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime
 import gzip
@@ -66,6 +67,15 @@ REPORT_FILE = "report.md"
 SUMMARY_FILE = "summary.json"
 Observer = Callable[[str, Sequence[str]], None]
 """Called with (stage, ids) for every batch: stage is train, val or test."""
+BASELINES: tuple[str, ...] = ("random_init", "classical")
+"""Baselines a run can fit on the same rows and folds, besides the mean predictor (always):
+``random_init``, the same recipe from a randomly initialised encoder of the same shape (what
+pre-training buys), and ``classical``, a random forest on features read off the SCOPE string
+(``train.baselines``; whether the transformer earns its cost)."""
+BASELINE_LABELS = {
+    "random_init": "same recipe, random initialisation",
+    "classical": "random forest on SCOPE features",
+}
 
 
 # --------------------------------------------------------------------------------- config
@@ -144,6 +154,13 @@ class FinetuneConfig:
     cores 1 is often several times faster than contending threads."""
     save_model: str = "best"
     """best (the fold with the best validation score), all (one package per fold), none."""
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    """Baselines fitted on the same rows and folds and reported beside the model (the mean
+    predictor always is): random_init (doubles the cost) and classical (seconds)."""
+    ensemble: int = 1
+    """Models fine-tuned per fold from different seeds (head init, dropout, batch order; the
+    same training and validation rows); the test prediction is their mean. The exported
+    model is the first member."""
     tensorboard: bool = True
     """Write TensorBoard curves per fold."""
     plots: bool = True
@@ -165,6 +182,11 @@ class FinetuneConfig:
             problems.append(f"save_model must be best, all or none, got {self.save_model!r}")
         if self.patience < 0:
             problems.append("patience must be >= 0")
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            problems.append(f"unknown baselines {unknown}; valid: {list(BASELINES)}")
+        if self.ensemble < 1:
+            problems.append(f"ensemble must be >= 1, got {self.ensemble}")
         if problems:
             raise ValueError("invalid finetune config: " + "; ".join(problems))
 
@@ -362,6 +384,17 @@ class FoldResult:
     model: CloudForPropertyPrediction | None = None
     truth: dict[str, Any] = field(default_factory=dict)
     """Targets of the scored test rows (for plots; not written to results)."""
+    baselines: dict[str, BaselineResult] = field(default_factory=dict)
+    """The baselines of ``FinetuneConfig.baselines`` on the same test fold, by name."""
+
+
+@dataclass
+class BaselineResult:
+    """A baseline's test-fold predictions (same layout as ``FoldResult.predictions``) and
+    Matbench scores."""
+
+    predictions: dict[str, Any]
+    scores: dict[str, float]
 
 
 @dataclass
@@ -394,13 +427,56 @@ def finetune_fold(
     device = resolve_device(config.device)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch_threads(config.threads), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.seed * 1000 + fold_index)
         max_length = pretrained.encoder.config.max_position_embeddings
         encoded = encoded or encode_examples(data, tokenizer, max_length)
-        trainer = _FoldTrainer(data, fold_index, pretrained, tokenizer, config, encoded, device)
-        trainer.observer = observer
-        trainer.fit(writer)
-        return trainer.test()
+        trainers = []
+        for member in range(config.ensemble):
+            torch.manual_seed(config.seed * 1000 + fold_index + 7919 * member)
+            trainer = _FoldTrainer(
+                data, fold_index, pretrained, tokenizer, config, encoded, device, member
+            )
+            trainer.observer = observer
+            trainer.fit(writer if member == 0 else None)
+            trainers.append(trainer)
+        result = _ensemble_test(trainers)
+        if "classical" in config.baselines:
+            result.baselines["classical"] = trainers[0].classical_baseline()
+        if "random_init" in config.baselines:
+            torch.manual_seed(config.seed * 1000 + fold_index + 104729)
+            random_config = dataclasses.replace(config, baselines=[])
+            random_result = finetune_fold(
+                data,
+                fold_index,
+                randomly_initialised(pretrained),
+                tokenizer,
+                random_config,
+                encoded=encoded,
+            )
+            result.baselines["random_init"] = BaselineResult(
+                random_result.predictions, random_result.scores
+            )
+            result.parameters["random_init_best_epoch"] = random_result.parameters["best_epoch"]
+        return result
+
+
+def randomly_initialised(pretrained: Any) -> Any:
+    """A copy of ``pretrained``'s encoder with every weight re-initialised (same shape, same
+    fixed token-feature table): the no-pre-training ablation."""
+    encoder = copy.deepcopy(getattr(pretrained, "encoder", pretrained))
+    encoder.init_weights()
+    return encoder
+
+
+def _ensemble_test(trainers: Sequence[_FoldTrainer]) -> FoldResult:
+    """Each member predicts the test fold once; the result holds their mean prediction."""
+    first = trainers[0]
+    outputs = [trainer.test_outputs() for trainer in trainers]
+    mean = {i: np.mean([o[i] for o in outputs], axis=0) for i in outputs[0]}
+    result = first.result(mean)
+    if len(trainers) > 1:
+        result.parameters["ensemble_best_val_scores"] = [t.best_val for t in trainers]
+        result.parameters["ensemble_best_epochs"] = [t.best_epoch for t in trainers]
+    return result
 
 
 def _fold_rows(
@@ -461,9 +537,10 @@ class _FoldTrainer:
         config: FinetuneConfig,
         encoded: Encoded,
         device: torch.device,
+        member: int = 0,
     ) -> None:
         self.data, self.task, self.config = data, data.task, config
-        self.fold_index = fold_index
+        self.fold_index, self.member = fold_index, member
         self.tokenizer, self.encoded, self.device = tokenizer, encoded, device
         self.observer: Observer | None = None
         self.rows = _fold_rows(data, fold_index, encoded, config)
@@ -491,7 +568,9 @@ class _FoldTrainer:
         steps_per_epoch = math.ceil(len(self.rows.train) / config.batch_size)
         total_steps = steps_per_epoch * config.epochs
         warmup_steps = int(config.warmup_ratio * total_steps)
-        rng = np.random.default_rng([config.seed, self.fold_index])
+        # Member 0 keeps the single-model batch order, so ensemble=1 runs are unchanged.
+        rng_seed = [config.seed, self.fold_index] + ([self.member] if self.member else [])
+        rng = np.random.default_rng(rng_seed)
         best_state, stale, step = None, 0, 0
         for epoch in range(1, config.epochs + 1):
             frozen = epoch <= config.freeze_encoder_epochs
@@ -584,13 +663,49 @@ class _FoldTrainer:
         }
 
     def test(self) -> FoldResult:
-        """Predict the test fold, once; rows the model cannot read get the training-fold
-        mean (class frequencies), listed in the parameters."""
+        """Predict the test fold, once, and score it (see ``test_outputs``)."""
+        return self.result(self.test_outputs())
+
+    def test_outputs(self) -> dict[str, np.ndarray]:
+        """The model's outputs on every test id, predicted once; rows the model cannot read
+        get the training-fold mean (class frequencies), listed in the parameters."""
         self.guard.open_test()
         rows = self.rows
         by_id = dict(zip(rows.test_usable, self.predict(rows.test_usable, "test"), strict=True))
         fallback = self.constant_prediction()
+        return {i: by_id.get(i, fallback) for i in rows.split.test_ids}
+
+    def classical_baseline(self) -> BaselineResult:
+        """``train.baselines.ClassicalBaseline`` fitted on this fold's training and
+        validation rows (it needs no early stopping), scored on the same test rows."""
+        from train.baselines import ClassicalBaseline
+
+        rows = self.rows
+        fit_ids = [*rows.train, *rows.val]
+        if self.task.is_regression:
+            fit_targets = [float(self.targets[i]) for i in fit_ids]
+        else:
+            fit_ids = [i for i in fit_ids if self.targets[i] >= 0]
+            fit_targets = [int(self.targets[i]) for i in fit_ids]
+        forest = ClassicalBaseline(self.task.task_type, seed=self.config.seed)
+        forest.fit([self.data.examples[i].scope for i in fit_ids], fit_targets)
+        usable = rows.test_usable
+        predicted = forest.predict([self.data.examples[i].scope for i in usable])
+        if self.task.is_regression:
+            by_id = {i: np.array([p]) for i, p in zip(usable, predicted, strict=True)}
+        else:  # the forest's columns are the classes it saw; place them among all classes
+            full = np.zeros((len(usable), len(self.classes)))
+            full[:, forest.model.classes_] = predicted
+            by_id = dict(zip(usable, full, strict=True))
+        fallback = self.constant_prediction()
         outputs = {i: by_id.get(i, fallback) for i in rows.split.test_ids}
+        truth = {i: self.targets[i] for i in rows.split.test_ids if i in self.targets}
+        return BaselineResult(*self._score(outputs, truth))
+
+    def result(self, outputs: Mapping[str, np.ndarray]) -> FoldResult:
+        """The fold's result from test outputs by id (``test_outputs``, or a mean of them)."""
+        rows = self.rows
+        fallback = self.constant_prediction()
         truth = {i: self.targets[i] for i in rows.split.test_ids if i in self.targets}
         predictions, scores = self._score(outputs, truth)
         baseline = self._score({i: fallback for i in truth}, truth)[1]
@@ -862,10 +977,18 @@ def summarise(
         "baseline_scores": {
             m: fold_statistics([r.baseline_scores[m] for r in results]) for m in metrics
         },
+        "baselines": {
+            name: {
+                m: fold_statistics([r.baselines[name].scores[m] for r in results]) for m in metrics
+            }
+            for name in _common_baselines(results)
+        },
+        "ensemble": config.ensemble,
         "per_fold": {
             r.fold: {
                 "scores": r.scores,
                 "baseline_scores": r.baseline_scores,
+                "baselines": {name: b.scores for name, b in r.baselines.items()},
                 **{
                     k: r.parameters[k]
                     for k in ("n_train", "n_val", "n_test", "best_epoch", "epochs_run")
@@ -883,6 +1006,11 @@ def summarise(
         "threads": torch.get_num_threads(),
         "device": str(resolve_device(config.device)),
     }
+
+
+def _common_baselines(results: Sequence[FoldResult]) -> list[str]:
+    """Baselines every fold has, in ``BASELINES`` order."""
+    return [name for name in BASELINES if results and all(name in r.baselines for r in results)]
 
 
 def matbench_document(
@@ -909,6 +1037,20 @@ def matbench_document(
             "model": "CLOUD (SCOPE-string BERT encoder) fine-tuned with cloud finetune",
             "fold_statistics": {task.name: summary["scores"]},
             "baseline_fold_statistics": {task.name: summary["baseline_scores"]},
+            "baselines": {
+                name: {
+                    "description": BASELINE_LABELS[name],
+                    "fold_statistics": summary["baselines"][name],
+                    "results": {
+                        r.fold: {
+                            "data": r.baselines[name].predictions,
+                            "scores": r.baselines[name].scores,
+                        }
+                        for r in results
+                    },
+                }
+                for name in summary["baselines"]
+            },
             "reference_scores": {task.name: dict(task.reference_scores)},
             "is_sample": summary["is_sample"],
             "config": config.to_dict(),
@@ -1010,7 +1152,7 @@ def render_report(
 ) -> str:
     """``report.md``: scores per fold, the mean predictor, published numbers, data notes."""
     metric, unit = task.metric, f" {task.unit}" if task.unit else ""
-    stats, base = summary["scores"][metric], summary["baseline_scores"][metric]
+    stats = summary["scores"][metric]
     lines = [
         f"# Fine-tuning report: {task.name}",
         "",
@@ -1029,26 +1171,8 @@ def render_report(
             "to published ones.**",
             "",
         ]
-    lines += [
-        f"## {metric} by fold",
-        "",
-        f"| fold | CLOUD {metric} | mean predictor {metric} | n train | n val | n test | best epoch |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        p = r.parameters
-        lines.append(
-            f"| {r.fold} | {r.scores[metric]:.4g} | {r.baseline_scores[metric]:.4g} | "
-            f"{p['n_train']} | {p['n_val']} | {p['n_test']} | {p['best_epoch']} |"
-        )
-    lines += [
-        f"| **mean ± std** | **{stats['mean']:.4g} ± {stats['std']:.2g}** | "
-        f"{base['mean']:.4g} ± {base['std']:.2g} | | | | |",
-        "",
-        "The mean predictor predicts the training-fold mean (classification: the training-fold "
-        "class frequencies) for every test row.",
-        "",
-    ]
+    lines += _fold_table(task, results, summary)
+    lines += _baseline_verdict(task, summary)
     if task.reference_scores:
         lines += [
             f"## Published {metric}{unit} for context",
@@ -1058,21 +1182,31 @@ def render_report(
         ]
         lines += [f"| {name} | {score:g} |" for name, score in task.reference_scores.items()]
         lines += [
+            f"| {BASELINE_LABELS[name]} (this run) | {b[metric]['mean']:.4g} |"
+            for name, b in summary["baselines"].items()
+        ]
+        lines += [
             f"| CLOUD (this run) | {stats['mean']:.4g} |",
             "",
             f"Source: {task.reference_source}.",
             "",
         ]
+    names = list(summary["baselines"])
     lines += [
         "## All scores (mean ± std over folds)",
         "",
-        "| score | CLOUD | mean predictor |",
-        "|---|---|---|",
+        "| score | CLOUD | "
+        + " | ".join(BASELINE_LABELS[n] for n in names)
+        + " | mean predictor |",
+        "|---" * (len(names) + 3) + "|",
     ]
-    for name, value in summary["scores"].items():
-        b = summary["baseline_scores"][name]
+    for score, value in summary["scores"].items():
+        columns = [value, *(summary["baselines"][n][score] for n in names)]
+        columns.append(summary["baseline_scores"][score])
         lines.append(
-            f"| {name} | {value['mean']:.4g} ± {value['std']:.2g} | {b['mean']:.4g} ± {b['std']:.2g} |"
+            f"| {score} | "
+            + " | ".join(f"{c['mean']:.4g} ± {c['std']:.2g}" for c in columns)
+            + " |"
         )
     lines += ["", "## Data", "", "```", *data.report.lines(), "```", ""]
     problems = [
@@ -1099,11 +1233,73 @@ def render_report(
     return "\n".join(lines)
 
 
+def _fold_table(task: Task, results: Sequence[FoldResult], summary: Mapping[str, Any]) -> list[str]:
+    """The per-fold table of the headline metric: the model, each baseline, the mean
+    predictor, and the row counts."""
+    metric = task.metric
+    names = list(summary["baselines"])
+    header = [f"CLOUD {metric}", *(BASELINE_LABELS[n] for n in names), "mean predictor"]
+    lines = [
+        f"## {metric} by fold",
+        "",
+        "| fold | " + " | ".join(header) + " | n train | n val | n test | best epoch |",
+        "|---" * (len(header) + 5) + "|",
+    ]
+    for r in results:
+        p = r.parameters
+        cells = [r.scores[metric], *(r.baselines[n].scores[metric] for n in names)]
+        cells.append(r.baseline_scores[metric])
+        lines.append(
+            f"| {r.fold} | " + " | ".join(f"{c:.4g}" for c in cells) + " | "
+            f"{p['n_train']} | {p['n_val']} | {p['n_test']} | {p['best_epoch']} |"
+        )
+    stats = [summary["scores"][metric], *(summary["baselines"][n][metric] for n in names)]
+    stats.append(summary["baseline_scores"][metric])
+    cells = [f"{s['mean']:.4g} ± {s['std']:.2g}" for s in stats]
+    cells[0] = f"**{cells[0]}**"
+    lines += [
+        "| **mean ± std** | " + " | ".join(cells) + " | | | | |",
+        "",
+        "All columns are fitted on the same training rows of the same folds and scored on the "
+        "same test rows. The mean predictor predicts the training-fold mean (classification: "
+        "the training-fold class frequencies); the random forest "
+        "(`train.baselines.ClassicalBaseline`) sees element fractions, element-property "
+        "statistics and symmetry counts read off the same SCOPE strings"
+        + (
+            f"; CLOUD is a mean of {summary['ensemble']} seeds per fold"
+            if summary.get("ensemble", 1) > 1
+            else ""
+        )
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def _baseline_verdict(task: Task, summary: Mapping[str, Any]) -> list[str]:
+    """One sentence per baseline: does CLOUD beat it, and by how much (said plainly)."""
+    metric = task.metric
+    higher_is_better = metric in ("rocauc", "accuracy", "f1")
+    ours = summary["scores"][metric]["mean"]
+    lines = []
+    for name, stats in summary["baselines"].items():
+        theirs = stats[metric]["mean"]
+        better = ours > theirs if higher_is_better else ours < theirs
+        gap = abs(ours - theirs) / abs(theirs) * 100 if theirs else math.inf
+        verdict = "beats" if better else "loses to"
+        lines.append(
+            f"- CLOUD {verdict} the {BASELINE_LABELS[name]} baseline by {gap:.1f} % "
+            f"({ours:.4g} vs {theirs:.4g} {metric})."
+        )
+    return [*lines, ""] if lines else []
+
+
 def _fold_line(task: Task, result: FoldResult) -> str:
     metric = task.metric
+    baselines = "".join(f", {name} {b.scores[metric]:.4g}" for name, b in result.baselines.items())
     return (
         f"{task.name} {result.fold}: {metric} {result.scores[metric]:.4g} "
-        f"(mean predictor {result.baseline_scores[metric]:.4g}), best epoch "
+        f"(mean predictor {result.baseline_scores[metric]:.4g}{baselines}), best epoch "
         f"{result.parameters['best_epoch']}/{result.parameters['epochs_run']}, "
         f"{result.parameters['wall_time_s']} s wall, {result.parameters['cpu_time_s']} s CPU"
     )
