@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from cloud.model import (
     CloudConfig,
     CloudForMaskedLM,
+    POOLINGS,
     CloudModel,
     dataclass_from_dict,
     init_weights_of,
@@ -55,6 +56,9 @@ class HeadConfig:
     """Dropout before every linear layer of the head (training mode only)."""
     activation: str = "gelu"
     """Non-linearity between hidden layers: gelu, relu, silu or tanh."""
+    pooling: str = "cls"
+    """What the head reads (``cloud.model.pool``): the [CLS] embedding (cls), the mean over
+    real tokens (mean) or both concatenated (cls+mean)."""
 
     def __post_init__(self) -> None:
         if self.task_type not in TASK_TYPES:
@@ -65,6 +69,8 @@ class HeadConfig:
             raise ValueError("a classification head needs num_outputs >= 2 classes")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"HeadConfig.activation must be one of {sorted(ACTIVATIONS)}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"HeadConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"HeadConfig.dropout must be in [0, 1), got {self.dropout}")
         self.hidden_sizes = [int(size) for size in self.hidden_sizes]
@@ -172,7 +178,8 @@ class CloudForPropertyPrediction(EncoderWithHead):
         self.config = config
         self.head_config = head
         self.encoder = CloudModel(config)
-        self.head = PredictionHead(config.hidden_size, head)
+        width = config.hidden_size * (2 if head.pooling == "cls+mean" else 1)
+        self.head = PredictionHead(width, head)
         init_weights_of(self.head, config)
         # Standardisation of regression targets (identity until the trainer sets it from the
         # training fold); persistent, so exported models predict in physical units.
@@ -222,7 +229,9 @@ class CloudForPropertyPrediction(EncoderWithHead):
         segment_ids: Tensor | None = None,
     ) -> Tensor:
         """Standardised regression outputs [B, n] or classification logits [B, classes]."""
-        pooled = self.encoder.encode(input_ids, attention_mask, segment_ids)
+        pooled = self.encoder.encode(
+            input_ids, attention_mask, segment_ids, self.head_config.pooling
+        )
         return self.head(pooled)
 
     @torch.no_grad()

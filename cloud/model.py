@@ -277,9 +277,11 @@ class CloudModel(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        pooling: str = "cls",
     ) -> Tensor:
-        """The [CLS] embedding (position 0) of each sequence, [B, d], for fine-tuning heads."""
-        return self.forward(input_ids, attention_mask, segment_ids)[:, 0]
+        """One embedding per sequence for fine-tuning heads (see ``pool``): [B, d], or
+        [B, 2d] for ``cls+mean``."""
+        return pool(self.forward(input_ids, attention_mask, segment_ids), attention_mask, pooling)
 
     def init_weights(self) -> None:
         """Re-initialise every parameter: normal(0, initializer_range), zero biases, LN ones."""
@@ -311,6 +313,25 @@ class CloudModel(nn.Module):
         if embeddings.feature_projection is not None:
             params += [embeddings.feature_projection.weight, embeddings.feature_projection.bias]
         return params
+
+
+POOLINGS: tuple[str, ...] = ("cls", "mean", "cls+mean")
+"""How ``pool`` turns hidden states into one vector per sequence."""
+
+
+def pool(hidden: Tensor, attention_mask: Tensor | None, pooling: str) -> Tensor:
+    """[B, T, d] hidden states → [B, d] (``cls``: position 0; ``mean``: the mean over real
+    tokens) or [B, 2d] (``cls+mean``: both, concatenated)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; valid: {POOLINGS}")
+    if attention_mask is None:
+        mean = hidden.mean(dim=1)
+    else:
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+    return mean if pooling == "mean" else torch.cat([hidden[:, 0], mean], dim=-1)
 
 
 def init_module(module: nn.Module, config: CloudConfig) -> None:

@@ -48,6 +48,7 @@ def _config(tmp: Path, checkpoint: Path, **values) -> FT.FinetuneConfig:
         "data_root": NO_ROOT,
         "threads": 1,  # two shared cores: one thread each is much faster than contending
         "device": "cpu",
+        "baselines": [],  # the dielectric_run fixture and the tests that need them ask for them
     }
     return FT.config_from_dict({**base, **values})
 
@@ -203,6 +204,7 @@ def dielectric_run(tmp_path_factory: pytest.TempPathFactory, tiny_pretrained: Pa
         freeze_encoder_epochs=1,
         head={"hidden_sizes": [64], "dropout": 0.0},
         encoder_dropout=0.0,
+        baselines=list(FT.BASELINES),
     )
     data = load_task("matbench_dielectric", NO_ROOT)
     result = FT.run_finetune(config, data=data, observer=observe)
@@ -215,6 +217,67 @@ def test_fine_tuned_tiny_model_beats_the_mean_predictor(dielectric_run) -> None:
     assert fold.scores["mae"] < fold.baseline_scores["mae"], (fold.scores, fold.baseline_scores)
     history = fold.history
     assert min(h["val/mae"] for h in history) < history[0]["val/mae"]  # it learnt something
+
+
+def test_every_report_carries_the_random_init_and_classical_baselines(dielectric_run) -> None:
+    result, data, *_ = dielectric_run
+    (fold,) = result.folds
+    test_ids = set(data.folds[0].test_ids)
+    for name in ("random_init", "classical"):
+        baseline = fold.baselines[name]
+        assert set(baseline.predictions) == test_ids  # the same test rows as the model
+        assert baseline.scores["mae"] < fold.baseline_scores["mae"]  # both learn something
+        assert baseline.predictions != fold.predictions
+    summary = json.loads((result.out / FT.SUMMARY_FILE).read_text())
+    assert set(summary["baselines"]) == {"random_init", "classical"}
+    assert summary["baselines"]["classical"]["mae"]["mean"] == pytest.approx(
+        fold.baselines["classical"].scores["mae"]
+    )
+    report = (result.out / FT.REPORT_FILE).read_text()
+    assert "same recipe, random initialisation" in report
+    assert "random forest on SCOPE features" in report
+    assert "the random forest on SCOPE features baseline by" in report  # the verdict line
+    document = FT.read_results(result.out / FT.RESULTS_FILE)
+    stored = document["user_metadata"]["baselines"]["classical"]["results"]["fold_0"]
+    assert set(stored["data"]) == test_ids
+    assert stored["scores"]["mae"] == pytest.approx(fold.baselines["classical"].scores["mae"])
+
+
+def test_the_random_init_baseline_starts_from_fresh_weights(tiny_pretrained: Path) -> None:
+    package = load_pretrained(tiny_pretrained)
+    fresh = FT.randomly_initialised(package.model)
+    pretrained = package.model.encoder.state_dict()
+    changed = [k for k, v in fresh.state_dict().items() if not torch.equal(v, pretrained[k])]
+    assert "embeddings.word.weight" in changed and "layers.0.mlp.up.weight" in changed
+    assert fresh.config == package.model.encoder.config
+
+
+def test_an_ensemble_averages_members_that_differ(tmp_path: Path, tiny_pretrained: Path) -> None:
+    data = load_task("matbench_dielectric", NO_ROOT)
+    package = load_pretrained(tiny_pretrained)
+    single = FT.finetune_fold(
+        data, 0, package.model, package.tokenizer, _config(tmp_path, tiny_pretrained, epochs=2)
+    )
+    pair = FT.finetune_fold(
+        data,
+        0,
+        package.model,
+        package.tokenizer,
+        _config(tmp_path, tiny_pretrained, epochs=2, ensemble=2),
+    )
+    assert len(pair.parameters["ensemble_best_val_scores"]) == 2
+    scores = pair.parameters["ensemble_best_val_scores"]
+    assert scores[0] == pytest.approx(single.best_val)  # member 0 is the single-model run
+    assert scores[0] != scores[1]
+    assert set(pair.predictions) == set(single.predictions)
+    assert pair.predictions != single.predictions
+
+
+def test_unknown_baselines_and_empty_ensembles_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown baselines"):
+        _config(tmp_path, tmp_path, baselines=["gnn"])
+    with pytest.raises(ValueError, match="ensemble must be >= 1"):
+        _config(tmp_path, tmp_path, ensemble=0)
 
 
 def test_no_test_id_reaches_training_or_early_stopping(dielectric_run) -> None:
@@ -336,9 +399,13 @@ def test_classification_task(tmp_path: Path, tiny_pretrained: Path) -> None:
         head_lr=3e-3,
         head={"hidden_sizes": [64], "dropout": 0.0},
         encoder_dropout=0.0,
+        baselines=["classical"],
     )
     fold = FT.finetune_fold(data, 0, package.model, package.tokenizer, config)
     assert set(fold.scores) == set(CLASSIFICATION_METRICS)
+    forest = fold.baselines["classical"]
+    assert set(forest.predictions) == set(fold.predictions)
+    assert forest.scores["rocauc"] > 0.6, forest.scores
     assert fold.parameters["classes"] == [False, True]
     probabilities = np.array(list(fold.predictions.values()))
     assert ((probabilities >= 0) & (probabilities <= 1)).all()

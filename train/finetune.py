@@ -91,6 +91,8 @@ class HeadSection:
     """Dropout before each linear layer of the head."""
     activation: str = "gelu"
     """gelu, relu, silu or tanh."""
+    pooling: str = "cls"
+    """What the head reads: cls ([CLS] embedding), mean (mean over real tokens) or cls+mean."""
 
 
 @dataclass
@@ -200,6 +202,7 @@ class FinetuneConfig:
             hidden_sizes=list(self.head.hidden_sizes),
             dropout=self.head.dropout,
             activation=self.head.activation,
+            pooling=self.head.pooling,
         )
 
 
