@@ -106,6 +106,29 @@ def test_non_convergence_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     assert any("did not converge" in warning for warning in fit["warnings"])
 
 
+def test_a_bootstrap_refit_that_runs_off_to_infinity_is_counted_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the README's 3 x 3 sweep did with seeds 0 and 1: a resample drove log B to
+    # hundreds and math.exp raised OverflowError, so no report was written.
+    real = scaling._bootstrap_thetas
+
+    def with_a_runaway(*args, **kwargs):
+        thetas, not_converged = real(*args, **kwargs)
+        thetas[0, 3] = 900.0  # log B of one refit
+        thetas[1, 1] = 1e4  # log A of another
+        return thetas, not_converged
+
+    monkeypatch.setattr(scaling, "_bootstrap_thetas", with_a_runaway)
+    n_params, tokens = grid_runs()
+    losses = chinchilla_losses(n_params, tokens, NOISE)
+    fit = fit_scaling_law(n_params, tokens, losses, bootstrap=20, seed=0)
+    assert fit["bootstrap"]["unidentified"] == 2
+    assert any("2 of 20 bootstrap refits did not identify" in w for w in fit["warnings"])
+    assert all(math.isfinite(v) for v in fit["ci"]["B"])
+    json.dumps(fit, allow_nan=False)  # the report stays writable
+
+
 # --- compute-optimal allocation -------------------------------------------------------------
 
 

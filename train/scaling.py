@@ -434,12 +434,18 @@ def _ranked_grid_starts(
 # --------------------------------------------------------------------------------------------
 
 
+def _exp(value: float) -> float:
+    """exp, with inf instead of OverflowError: a resample that sends a log-coefficient to
+    hundreds has not identified the law, and is counted as such, not a crash."""
+    return math.exp(value) if value < 709.0 else math.inf
+
+
 def _named_parameters(theta: FloatArray) -> dict[str, float]:
     """[e, a, alpha, b, beta] → E, A, B, alpha, beta."""
     return {
-        "E": math.exp(theta[0]),
-        "A": math.exp(theta[1]),
-        "B": math.exp(theta[3]),
+        "E": _exp(theta[0]),
+        "A": _exp(theta[1]),
+        "B": _exp(theta[3]),
         "alpha": float(theta[2]),
         "beta": float(theta[4]),
     }
@@ -545,6 +551,16 @@ def _with_allocation(theta: FloatArray) -> dict[str, float]:
     return params
 
 
+def _identified(thetas: FloatArray) -> FloatArray:
+    """The bootstrap refits whose five parameters are all finite."""
+    finite = [
+        theta
+        for theta in thetas
+        if all(math.isfinite(v) for v in _named_parameters(theta).values())
+    ]
+    return np.asarray(finite).reshape(-1, thetas.shape[1])
+
+
 def _percentile_intervals(thetas: FloatArray, confidence: float) -> dict[str, list[float]]:
     samples = [_with_allocation(theta) for theta in thetas]
     tail = 100 * (1 - confidence) / 2
@@ -561,7 +577,11 @@ def _percentile_intervals(thetas: FloatArray, confidence: float) -> dict[str, li
 
 
 def _fit_warnings(
-    optimum: _Optimum, params: dict[str, float], bootstrap_not_converged: int, resamples: int
+    optimum: _Optimum,
+    params: dict[str, float],
+    bootstrap_not_converged: int,
+    resamples: int,
+    unidentified: int = 0,
 ) -> list[str]:
     warnings = []
     if not optimum.converged:
@@ -578,6 +598,11 @@ def _fit_warnings(
     if resamples and bootstrap_not_converged:
         warnings.append(
             f"{bootstrap_not_converged} of {resamples} bootstrap refits did not converge"
+        )
+    if unidentified:
+        warnings.append(
+            f"{unidentified} of {resamples} bootstrap refits did not identify the law (a "
+            "coefficient ran off to infinity) and are left out of the intervals"
         )
     return warnings
 
@@ -613,7 +638,7 @@ def fit_scaling_law(
     log_x = np.log(np.stack([n_params, tokens]))
     log_l = np.log(losses)
     intervals: dict[str, list[float]] = {}
-    not_converged = 0
+    not_converged = unidentified = 0
     with _single_threaded_blas():
         optimum, starts, n_grid = _fit_theta(log_x, log_l, n_starts)
         if bootstrap:
@@ -621,7 +646,9 @@ def fit_scaling_law(
             thetas, not_converged = _bootstrap_thetas(
                 n_params, tokens, log_l, bootstrap_starts, bootstrap, seed
             )
-            intervals = _percentile_intervals(thetas, confidence)
+            identified = _identified(thetas)
+            unidentified = len(thetas) - len(identified)
+            intervals = _percentile_intervals(identified, confidence)
     params = _with_allocation(optimum.theta)
 
     return {
@@ -642,10 +669,11 @@ def fit_scaling_law(
         "bootstrap": {
             "resamples": bootstrap,
             "not_converged": not_converged,
+            "unidentified": unidentified,
             "seed": seed,
             "method": "percentile bootstrap, resampling runs with replacement",
         },
-        "warnings": _fit_warnings(optimum, params, not_converged, bootstrap),
+        "warnings": _fit_warnings(optimum, params, not_converged, bootstrap, unidentified),
     }
 
 
@@ -683,8 +711,8 @@ def fit_power_law_1d(x: ArrayLike, L: ArrayLike) -> dict[str, Any]:
     with _single_threaded_blas():
         optimum, starts, _ = _fit_theta(log_x, log_l, N_STARTS_1D)
     return {
-        "E": math.exp(optimum.theta[0]),
-        "A": math.exp(optimum.theta[1]),
+        "E": _exp(optimum.theta[0]),
+        "A": _exp(optimum.theta[1]),
         "exponent": float(optimum.theta[2]),
         "converged": optimum.converged,
         "objective": optimum.objective,
@@ -1443,7 +1471,8 @@ def _markdown_convergence(content: dict[str, Any]) -> list[str]:
     if bootstrap["resamples"]:
         lines.append(
             f"- Bootstrap: {bootstrap['resamples']} refits, "
-            f"{bootstrap['not_converged']} did not converge."
+            f"{bootstrap['not_converged']} did not converge, "
+            f"{bootstrap.get('unidentified', 0)} did not identify the law (left out)."
         )
     return [*lines, ""]
 
