@@ -115,3 +115,21 @@ def test_reads_standard_input_through_the_console_command(
     )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip() == released_pairs[2][1]
+
+
+def test_a_closed_pipe_ends_quietly(repo_data: Path) -> None:
+    # The README's first command: `cloud scope encode … | head -3`.
+    cloud = Path(sys.executable).with_name("cloud")
+    sample = repo_data / "matbench/matbench_dielectric_sample.json.gz"
+    result = subprocess.run(
+        f"set -o pipefail; '{cloud}' scope encode '{sample}' | head -3",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.stdout.decode().count("\n") == 3
+    assert "Traceback" not in result.stderr.decode(), result.stderr.decode()
+    assert "BrokenPipeError" not in result.stderr.decode()
+    assert result.returncode == 0
