@@ -517,3 +517,22 @@ def test_predict_refuses_a_pretrained_package(tiny_pretrained: Path) -> None:
 
     with pytest.raises(ValueError, match="not a fine-tuned"):
         load_predictor(tiny_pretrained)
+
+
+def test_rows_of_an_excluded_task_are_never_trained_on(tmp_path: Path) -> None:
+    # The intermediate-stage guard: a property set fine-tuned before a benchmark must not
+    # train on the benchmark's structures. Here the task excludes itself, so every row with
+    # a SCOPE string is blocked from training and validation.
+    data = load_task("matbench_dielectric", NO_ROOT)
+    config = _config(tmp_path, tmp_path, exclude_tasks=["matbench_dielectric"])
+    blocked = FT.blocked_rows(data, config, "cloud")
+    usable = {i for i, e in data.examples.items() if e.scope is not None}
+    assert set(blocked) == usable
+    assert all("matbench_dielectric" in reason for reason in blocked.values())
+    tokenizer = ScopeTokenizer()
+    encoded = FT.encode_examples(data, tokenizer, 128)
+    encoded.blocked = dict(list(blocked.items())[: len(blocked) // 2])
+    rows = FT._fold_rows(data, 0, encoded, config)
+    assert not set(encoded.blocked) & {*rows.train, *rows.val}
+    assert set(encoded.blocked) & set(data.folds[0].train_ids) <= set(rows.excluded)
+    assert set(rows.test_usable) == set(data.folds[0].test_ids) & set(encoded.ids)

@@ -158,7 +158,8 @@ class DebyeTrainConfig:
     device: str = "auto"
     """auto (cuda when available), cpu, cuda, cuda:1 …"""
     threads: int = 0
-    """torch intra-op threads (0: keep torch's default)."""
+    """torch intra-op threads; 0 chooses the free cores (``train.threads``), printed at
+    start."""
     out: str | None = None
     """Output directory; None: runs/debye/<data>-<protocol>-<target>."""
     save_model: bool = True
@@ -1238,8 +1239,9 @@ def run_debye(
     """Train CLOUD-DEBYE per ``config``, evaluate it (and the ``compare`` methods) on the test
     materials, write results.json, report.md, predictions.csv, figures and the model.
     ``pretrained`` (a loaded package) and ``data`` skip loading them again."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    from train.threads import apply_threads
+
+    logger.info(apply_threads(config.threads).describe())
     started = time.perf_counter()
     if pretrained is None:
         from cloud.export import load_pretrained

@@ -152,10 +152,16 @@ class FinetuneConfig:
     device: str = "auto"
     """auto (cuda when available), cpu, cuda, cuda:1 …"""
     threads: int = 0
-    """torch intra-op threads during the run (0: keep torch's setting). On a few shared
-    cores 1 is often several times faster than contending threads."""
+    """torch intra-op threads during the run; 0 chooses the free cores (``train.threads``),
+    printed at start. On a few shared cores 1 is often several times faster than contending
+    threads."""
     save_model: str = "best"
     """best (the fold with the best validation score), all (one package per fold), none."""
+    exclude_tasks: list[str] = field(default_factory=list)
+    """Tasks whose structures (every fold) must not be trained on: rows whose SCOPE string
+    equals one of theirs are kept out of training and validation. For an intermediate
+    supervised stage on a large property set before a benchmark (as the CLOUD-DEBYE AFLOW
+    stage does), so that no benchmark test material is seen."""
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     """Baselines fitted on the same rows and folds and reported beside the model (the mean
     predictor always is): random_init (doubles the cost) and classical (seconds)."""
@@ -271,6 +277,9 @@ class Encoded:
     """Token ids by row id, [CLS] … [SEP]."""
     too_long: dict[str, str]
     """Rows whose sequence exceeds the model's positions, with the reason."""
+    blocked: dict[str, str] = field(default_factory=dict)
+    """Rows kept out of training and validation (``FinetuneConfig.exclude_tasks``), with
+    the reason; they may still be test rows."""
 
 
 def encode_examples(data: TaskData, tokenizer: Any, max_length: int) -> Encoded:
@@ -491,6 +500,7 @@ def _fold_rows(
     fit_ids = (*split.train_ids, *split.val_ids)
     excluded = dict(split.excluded)
     excluded.update({i: encoded.too_long[i] for i in fit_ids if i in encoded.too_long})
+    excluded.update({i: encoded.blocked[i] for i in fit_ids if i in encoded.blocked})
     train = [i for i in split.train_ids if i not in excluded]
     val = [i for i in split.val_ids if i not in excluded]
     if config.max_train_rows is not None and len(train) > config.max_train_rows:
@@ -818,7 +828,11 @@ def run_finetune(
 ) -> RunResult:
     """Fine-tune ``config.checkpoint`` on every requested fold of ``config.task`` and write
     the outputs to ``config.out``. ``pretrained``/``data`` skip loading them again."""
-    with torch_threads(config.threads):
+    from train.threads import choose_threads
+
+    choice = choose_threads(config.threads)  # once: later folds see this run's own load
+    logger.info(choice.describe())
+    with torch_threads(choice.threads):
         return _run_finetune(config, pretrained, data, observer, progress)
 
 
@@ -852,6 +866,13 @@ def _run_finetune(
         logger.info(line)
     max_length = pretrained.model.encoder.config.max_position_embeddings
     encoded = encode_examples(data, pretrained.tokenizer, max_length)
+    encoded.blocked = blocked_rows(data, config, variant)
+    if encoded.blocked:
+        logger.info(
+            "%d rows kept out of training: their SCOPE string is a structure of %s",
+            len(encoded.blocked),
+            ", ".join(config.exclude_tasks),
+        )
     fold_indices = config.folds if config.folds is not None else list(range(len(data.folds)))
     for fold_index in fold_indices:
         data.fold(fold_index)  # an unknown fold fails now, not after training the others
@@ -872,6 +893,19 @@ def _run_finetune(
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     (out / REPORT_FILE).write_text(render_report(task, results, data, summary, config))
     return RunResult(task, results, out, data.report.lines(), summary)
+
+
+def blocked_rows(data: TaskData, config: FinetuneConfig, variant: str) -> dict[str, str]:
+    """Rows of ``data`` whose SCOPE string is a structure of ``config.exclude_tasks``."""
+    blocked: dict[str, str] = {}
+    for name in config.exclude_tasks:
+        other = load_task(name, config.data_root, variant=variant, allow_sample=config.allow_sample)
+        scopes = {e.scope for e in other.examples.values() if e.scope is not None}
+        reason = f"excluded: its SCOPE string is a structure of {name}"
+        for example in data.examples.values():
+            if example.scope in scopes and example.id not in blocked:
+                blocked[example.id] = reason
+    return blocked
 
 
 def _run_fold(

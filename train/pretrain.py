@@ -180,7 +180,8 @@ class SystemSection:
     """SDPA kernels preferred: auto (torch's choice), flash, efficient, cudnn, math. Batches
     without padding drop the attention mask so that flash kernels can run."""
     cpu_threads: int = 0
-    """torch intra-op threads per rank (0 = keep the launcher's / torch's default)."""
+    """torch intra-op threads per rank; 0 chooses the free cores shared among the ranks of
+    this node (``train.threads.choose_threads``), printed at start."""
     dist_backend: str = "auto"
     """torch.distributed backend; auto = nccl on CUDA, gloo on CPU."""
     deepspeed: dict[str, Any] = field(default_factory=dict)
@@ -435,8 +436,10 @@ class Trainer:
         self.dist: DistInfo = init_distributed(
             config.system.dist_backend, config.logging.deepspeed_log_level
         )
-        if config.system.cpu_threads:
-            torch.set_num_threads(config.system.cpu_threads)
+        from train.threads import apply_threads
+
+        self.threads = apply_threads(config.system.cpu_threads)
+        logger.info("rank %d: %s", self.dist.rank, self.threads.describe())
         if self.dist.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
