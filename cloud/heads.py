@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from cloud.model import (
+    POOLINGS,
     CloudConfig,
     CloudForMaskedLM,
-    POOLINGS,
     CloudModel,
     dataclass_from_dict,
     init_weights_of,
@@ -59,6 +59,10 @@ class HeadConfig:
     pooling: str = "cls"
     """What the head reads (``cloud.model.pool``): the [CLS] embedding (cls), the mean over
     real tokens (mean) or both concatenated (cls+mean)."""
+    composition_descriptor: bool = False
+    """Also feed the head the fraction-weighted statistics of the element properties of the
+    composition (``cloud.token_features.composition_descriptor``); needs an encoder with
+    token features and segment ids in every batch."""
 
     def __post_init__(self) -> None:
         if self.task_type not in TASK_TYPES:
@@ -179,6 +183,15 @@ class CloudForPropertyPrediction(EncoderWithHead):
         self.head_config = head
         self.encoder = CloudModel(config)
         width = config.hidden_size * (2 if head.pooling == "cls+mean" else 1)
+        if head.composition_descriptor:
+            from cloud.token_features import descriptor_width
+
+            if config.token_features is None:
+                raise ValueError(
+                    "HeadConfig.composition_descriptor needs an encoder with token features "
+                    "(CloudConfig.token_features)"
+                )
+            width += descriptor_width(config.token_features)
         self.head = PredictionHead(width, head)
         init_weights_of(self.head, config)
         # Standardisation of regression targets (identity until the trainer sets it from the
@@ -232,6 +245,13 @@ class CloudForPropertyPrediction(EncoderWithHead):
         pooled = self.encoder.encode(
             input_ids, attention_mask, segment_ids, self.head_config.pooling
         )
+        if self.head_config.composition_descriptor:
+            from cloud.token_features import composition_descriptor
+
+            if segment_ids is None:
+                raise ValueError("the composition descriptor needs segment_ids")
+            table = self.encoder.embeddings.feature_table
+            pooled = torch.cat([pooled, composition_descriptor(input_ids, segment_ids, table)], -1)
         return self.head(pooled)
 
     @torch.no_grad()

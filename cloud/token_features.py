@@ -91,6 +91,45 @@ def token_feature_table(tokens: Sequence[str], feature_set: str = "elements-v1")
     return table
 
 
+DESCRIPTOR_STATISTICS: tuple[str, ...] = ("mean", "min", "max", "range", "mad")
+
+
+def descriptor_width(feature_set: str) -> int:
+    """Width of ``composition_descriptor`` for ``feature_set``."""
+    return len(element_properties()[0]) * len(DESCRIPTOR_STATISTICS)
+
+
+def composition_descriptor(
+    input_ids: torch.Tensor,
+    segment_ids: torch.Tensor,
+    table: torch.Tensor,
+    composition_segment: int = 2,
+) -> torch.Tensor:
+    """[B, T] ids of SCOPE sequences → [B, 5P] fraction-weighted statistics of the element
+    properties of each composition (Magpie-style: mean, min, max, range, mean absolute
+    deviation), read from the composition segment ``El x El x …`` with ``table`` (a
+    ``token_feature_table``). Differentiable in nothing (the table is fixed); it gives a
+    head what a composition model knows about the elements, exactly, from the string."""
+    n_props = len(element_properties()[0])
+    features = table[input_ids]  # [B, T, K]
+    in_composition = segment_ids == composition_segment
+    is_element = (features[..., n_props] > 0) & in_composition
+    fraction_after = torch.zeros_like(features[..., 0])
+    fraction_after[:, :-1] = features[:, 1:, n_props + 2]  # each element's amount follows it
+    weights = fraction_after * is_element
+    total = weights.sum(dim=1, keepdim=True).clamp_min(1e-8)
+    weights = (weights / total).unsqueeze(-1)  # [B, T, 1]
+    props = features[..., :n_props]
+    mean = (weights * props).sum(dim=1)
+    present = is_element.unsqueeze(-1)
+    high = props.masked_fill(~present, -torch.inf).amax(dim=1)
+    low = props.masked_fill(~present, torch.inf).amin(dim=1)
+    any_element = is_element.any(dim=1, keepdim=True)
+    high, low = (torch.where(any_element, v, torch.zeros_like(v)) for v in (high, low))
+    mad = (weights * (props - mean.unsqueeze(1)).abs()).sum(dim=1)
+    return torch.cat([mean, low, high, high - low, mad], dim=-1)
+
+
 def _check_feature_set(feature_set: str) -> None:
     if feature_set not in FEATURE_SETS:
         raise ValueError(f"unknown token feature set {feature_set!r}; valid: {FEATURE_SETS}")

@@ -18,20 +18,20 @@ Magpie baseline); classification uses ``RandomForestClassifier``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from cloud.token_features import element_properties
+from cloud.token_features import DESCRIPTOR_STATISTICS, element_properties
 from tokenizer import tables
 from tokenizer.elements import DUMMY_SPECIES, ELEMENTS
 from tokenizer.scope import parse
 
 _SPECIES: tuple[str, ...] = (DUMMY_SPECIES, *ELEMENTS)
 _SPECIES_INDEX = {symbol: k for k, symbol in enumerate(_SPECIES)}
-_STATISTICS = ("mean", "min", "max", "range", "mad")
 _CRYSTAL_SYSTEMS = (
     ("triclinic", 2),
     ("monoclinic", 15),
@@ -58,7 +58,7 @@ def feature_names() -> list[str]:
     properties = element_properties()[0]
     return [
         *(f"fraction_{symbol}" for symbol in _SPECIES),
-        *(f"{name}_{stat}" for name in properties for stat in _STATISTICS),
+        *(f"{name}_{stat}" for stat in DESCRIPTOR_STATISTICS for name in properties),
         *_SYMMETRY_COLUMNS,
     ]
 
@@ -69,23 +69,31 @@ def scope_features(scope: str) -> np.ndarray:
     fractions = np.zeros(len(_SPECIES))
     for symbol, amount in parsed.composition:
         fractions[_SPECIES_INDEX[symbol]] += amount
-    return np.concatenate(
-        [fractions, _property_statistics(parsed.composition), _symmetry_features(parsed)]
+    return np.concatenate([fractions, _property_statistics(scope), _symmetry_features(parsed)])
+
+
+def _property_statistics(scope: str) -> np.ndarray:
+    """The model's own ``composition_descriptor`` of the string, so that the forest and the
+    transformer's descriptor head read the same numbers."""
+    import torch
+
+    from cloud.token_features import composition_descriptor
+
+    tokenizer, table = _tokenizer_and_table()
+    ids = tokenizer.encode(scope)
+    descriptor = composition_descriptor(
+        torch.tensor([ids]), torch.tensor([tokenizer.segment_ids(ids)]), table
     )
+    return descriptor[0].double().numpy()
 
 
-def _property_statistics(composition: Sequence[tuple[str, float]]) -> np.ndarray:
-    names, values = element_properties()
-    present = [(values[s], w) for s, w in composition if s in values]
-    if not present:  # only the dummy species: no element knowledge to summarise
-        return np.zeros(len(names) * len(_STATISTICS))
-    matrix = np.array([v for v, _ in present])  # [elements, properties]
-    weights = np.array([w for _, w in present], dtype=float)
-    weights = weights / weights.sum()
-    mean = weights @ matrix
-    low, high = matrix.min(axis=0), matrix.max(axis=0)
-    mad = weights @ np.abs(matrix - mean)
-    return np.stack([mean, low, high, high - low, mad], axis=1).reshape(-1)
+@functools.cache
+def _tokenizer_and_table() -> tuple[Any, Any]:
+    from cloud.token_features import token_feature_table
+    from tokenizer import ScopeTokenizer
+
+    tokenizer = ScopeTokenizer()
+    return tokenizer, token_feature_table(tokenizer.tokens)
 
 
 def _symmetry_features(parsed: Any) -> np.ndarray:

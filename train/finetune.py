@@ -93,6 +93,9 @@ class HeadSection:
     """gelu, relu, silu or tanh."""
     pooling: str = "cls"
     """What the head reads: cls ([CLS] embedding), mean (mean over real tokens) or cls+mean."""
+    composition_descriptor: bool = False
+    """Also read the fraction-weighted element-property statistics of the composition
+    (needs a checkpoint with token features)."""
 
 
 @dataclass
@@ -209,6 +212,7 @@ class FinetuneConfig:
             dropout=self.head.dropout,
             activation=self.head.activation,
             pooling=self.head.pooling,
+            composition_descriptor=self.head.composition_descriptor,
         )
 
 
@@ -439,7 +443,8 @@ def finetune_fold(
     device = resolve_device(config.device)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch_threads(config.threads), torch.random.fork_rng(devices=devices):
-        max_length = pretrained.encoder.config.max_position_embeddings
+        encoder = getattr(pretrained, "encoder", pretrained)
+        max_length = encoder.config.max_position_embeddings
         encoded = encoded or encode_examples(data, tokenizer, max_length)
         trainers = []
         for member in range(config.ensemble):
