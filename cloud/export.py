@@ -729,6 +729,8 @@ _LABELS = {
     "max_length": "max tokens per sequence",
     "variant": "SCOPE variant",
     "dedup": "deduplication",
+    "excluded": "kept out of the corpus (--exclude)",
+    "structures_excluded": "inputs that matched an excluded structure",
 }
 
 

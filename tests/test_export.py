@@ -601,3 +601,34 @@ if __name__ == "__main__":
     parser.add_argument("--runs", required=True, help=f"comma-separated names of {list(RUNS)}")
     cli = parser.parse_args()
     worker(cli.corpus, cli.out, cli.runs.split(","))
+
+
+def test_model_card_lists_only_sources_trained_on_and_the_exclusion(
+    debug_model, tmp_path: Path
+) -> None:
+    from train.export import corpus_summary
+
+    manifest = {
+        "format": "cloud-corpus",
+        "num_samples": 10,
+        "shards": [{}],
+        "counts": {
+            "mp_20": {"read": 12, "written": 10, "excluded": 2},
+            "matbench_dielectric": {"read": 5, "written": 0, "excluded": 5},
+        },
+        "totals": {"excluded": 7},
+        "exclude": {"files": [{"path": "/data/matbench/matbench_dielectric.json.gz"}]},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    summary = corpus_summary({"corpus": str(tmp_path), "variant": "canonical"})
+    assert summary["sources"] == ["mp_20"]  # nothing of matbench_dielectric was written
+    assert summary["excluded"] == {
+        "files": ["matbench_dielectric.json.gz"],
+        "structures_excluded": 7,
+    }
+    package = save_pretrained(
+        debug_model, ScopeTokenizer(), tmp_path / "pkg", metadata={"training_data": summary}
+    )
+    card = (package / "README.md").read_text()
+    assert "kept out of the corpus (--exclude)" in card
+    assert "matbench_dielectric.json.gz" in card

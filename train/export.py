@@ -349,12 +349,31 @@ def corpus_summary(data_section: Mapping[str, Any]) -> dict[str, Any]:
             {
                 "num_samples": manifest.get("num_samples"),
                 "num_shards": len(manifest.get("shards", [])),
-                "sources": sorted(manifest.get("counts", {})),
+                # Only sources that contributed strings: a source removed whole by the
+                # exclusion (a benchmark's own structures) was not trained on.
+                "sources": sorted(
+                    name
+                    for name, count in manifest.get("counts", {}).items()
+                    if count.get("written", 0) > 0
+                ),
+                "excluded": _exclusion_summary(manifest),
                 "dedup": manifest.get("dedup"),
                 "corpus_tool_version": manifest.get("tool", {}).get("version"),
             }
         )
     return {k: v for k, v in summary.items() if v is not None}
+
+
+def _exclusion_summary(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What ``--exclude`` kept out of the corpus: the files and how many inputs matched."""
+    exclude = manifest.get("exclude") or {}
+    files = [Path(str(f.get("path", ""))).name for f in exclude.get("files", [])]
+    if not files:
+        return None
+    return {
+        "files": files,
+        "structures_excluded": (manifest.get("totals") or {}).get("excluded"),
+    }
 
 
 # ----------------------------------------------------------------------------- export
