@@ -536,3 +536,18 @@ def test_rows_of_an_excluded_task_are_never_trained_on(tmp_path: Path) -> None:
     assert not set(encoded.blocked) & {*rows.train, *rows.val}
     assert set(encoded.blocked) & set(data.folds[0].train_ids) <= set(rows.excluded)
     assert set(rows.test_usable) == set(data.folds[0].test_ids) & set(encoded.ids)
+
+
+def test_predict_with_a_pretrained_package_is_one_clear_line(
+    tiny_pretrained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.cli import main
+
+    sample = REPO / "data/matbench/matbench_phonons_sample.json.gz"
+    code = main(["predict", "--checkpoint", str(tiny_pretrained), "--input", str(sample)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert "not a fine-tuned" in err and "cloud finetune" in err
+    with pytest.raises(ValueError, match="not a fine-tuned"):  # --debug shows the real error
+        main(["--debug", "predict", "--checkpoint", str(tiny_pretrained), "--input", str(sample)])

@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cloud",
         description="CLOUD: crystal language model on SCOPE strings.",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the Python traceback of an error instead of its one-line message",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -44,6 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except (ValueError, OSError) as err:
+        # User mistakes (a bad file, key, value or record) are raised as ValueError or OSError
+        # with a message that names what is wrong: one line, not a traceback (--debug: both).
+        if args.debug:
+            raise
+        print(f"cloud {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""Write a shipped checkpoint: an export package plus its provenance, under models/<name>/.
+
+    python models/make_package.py PACKAGE --name NAME --commands FILE \
+        [--finetune RUN_DIR ...]
+
+PACKAGE is what ``cloud export`` wrote from the pre-training run. The shipped package is the
+same model and tokenizer re-saved with ``cloud.export.save_pretrained`` (so SHA256SUMS covers
+every file) with ``metadata["provenance"]``: the commands that made it (FILE, verbatim), and
+for each fine-tuning run its task, folds, scores of the model and of every baseline. The same
+facts are written as ``PROVENANCE.md`` beside the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from cloud.export import load_pretrained, save_pretrained
+
+MAX_BYTES = 25 * 1024 * 1024
+
+
+def finetune_figures(run_dir: Path) -> dict[str, Any]:
+    """Task, metric and fold statistics of one ``cloud finetune`` run (its summary.json)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metric = summary["metric"]
+    return {
+        "task": summary["task"],
+        "metric": metric,
+        "unit": summary["unit"],
+        "folds": summary["folds"],
+        "is_sample": summary["is_sample"],
+        "ensemble": summary.get("ensemble", 1),
+        "model": summary["scores"][metric],
+        "baselines": {name: s[metric] for name, s in summary["baselines"].items()},
+        "mean_predictor": summary["baseline_scores"][metric],
+        "cpu_time_s": summary["cpu_time_s"],
+    }
+
+
+def provenance_markdown(name: str, metadata: dict[str, Any], commands: str) -> str:
+    training = metadata.get("training") or {}
+    data = metadata.get("training_data") or {}
+    lines = [
+        f"# Provenance of `{name}`",
+        "",
+        f"- flavour `{training.get('flavour')}`, {training.get('steps')} optimizer steps, "
+        f"{training.get('tokens'):,} training tokens, held-out masked-token loss "
+        f"{training.get('val_loss', float('nan')):.4f} nats "
+        f"(accuracy {training.get('val_accuracy', float('nan')):.3f})",
+        f"- corpus: {data.get('num_samples'):,} unique `{data.get('variant')}` SCOPE strings "
+        f"from {', '.join(data.get('sources', []))}",
+        f"- kept out of the corpus: {json.dumps(data.get('excluded'))}",
+        "",
+        "## Fine-tuning figures (mean ± std over folds)",
+        "",
+        "| task | metric | this model | random init | random forest | mean predictor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in metadata["provenance"]["finetune"]:
+        base = run["baselines"]
+
+        def cell(stats: dict[str, float] | None) -> str:
+            return "—" if stats is None else f"{stats['mean']:.4g} ± {stats['std']:.2g}"
+
+        lines.append(
+            f"| {run['task']} | {run['metric']} | {cell(run['model'])} | "
+            f"{cell(base.get('random_init'))} | {cell(base.get('classical'))} | "
+            f"{cell(run['mean_predictor'])} |"
+        )
+    lines += ["", "## Commands", "", "```bash", commands.rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("package")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--commands", required=True, help="file with the commands, verbatim")
+    parser.add_argument("--finetune", nargs="*", default=[], help="cloud finetune run dirs")
+    args = parser.parse_args()
+    loaded = load_pretrained(args.package)
+    commands = Path(args.commands).read_text()
+    metadata = dict(loaded.metadata or {})
+    metadata.pop("source", None)  # paths of this machine's run directories
+    metadata["provenance"] = {
+        "commands": commands,
+        "finetune": [finetune_figures(Path(run)) for run in args.finetune],
+    }
+    out = Path(__file__).parent / args.name
+    save_pretrained(
+        loaded.model,
+        loaded.tokenizer,
+        out,
+        metadata=metadata,
+        extra_files={"PROVENANCE.md": provenance_markdown(args.name, metadata, commands)},
+        overwrite=True,
+    )
+    size = sum(p.stat().st_size for p in out.iterdir())
+    if size > MAX_BYTES:
+        raise SystemExit(
+            f"{out}: {size:,} bytes, more than the {MAX_BYTES:,} a shipped model may use"
+        )
+    print(f"wrote {out} ({size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
