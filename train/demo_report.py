@@ -202,12 +202,18 @@ def scaling_section(stage: dict[str, Any]) -> list[Block]:
 
 
 def finetune_section(stage: dict[str, Any]) -> list[Block]:
+    from train.finetune import BASELINE_LABELS
+
     run = Path(stage["outputs"]["run"])
     summary = json.loads((run / "summary.json").read_text())
     metric = summary["metric"]
     fold = next(iter(summary["per_fold"].values()))
     rows = [
         ("CLOUD, this run (tiny CPU model, shipped sample)", summary["scores"][metric]["mean"]),
+        *(
+            (f"{BASELINE_LABELS[name]}, same rows and fold", stats[metric]["mean"])
+            for name, stats in summary.get("baselines", {}).items()
+        ),
         ("mean predictor (training-fold mean)", summary["baseline_scores"][metric]["mean"]),
         *(
             (f"{name} (Matbench leaderboard)", value)
