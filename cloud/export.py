@@ -509,11 +509,15 @@ def load_pretrained(
     returned in eval mode, in ``dtype`` (bf16 weights are upcast to float32 by default).
     """
     path = Path(path)
+    required = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE)
+    # Checksums before parsing: a tampered config.json is refused as tampered, not parsed.
+    verified = verify and (path / CHECKSUMS_FILE).is_file()
+    if verified:
+        verify_checksums(path, required)
     config = read_package_config(path)
     version = config["format_version"]
-    if verify:
-        required = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE)
-        verify_checksums(path, required)
+    if verify and not verified:
+        verify_checksums(path, required)  # says what is missing
     loader = _load_v1 if version == 1 else _load_v2
     try:
         model, tokenizer = loader(path, config)

@@ -30,6 +30,7 @@ from cloud import CloudConfig, CloudForMaskedLM, family, load_pretrained, save_p
 from cloud.export import (  # noqa: E402
     FORMAT_VERSION,
     PackageError,
+    checksums_text,
     register_architecture,
     save_hf_pretrained,
 )
@@ -177,6 +178,11 @@ def test_unknown_format_version_and_missing_sums_are_refused(debug_model, tmp_pa
     out = save_pretrained(debug_model, ScopeTokenizer(), tmp_path / "pkg")
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**config, "format_version": 99}))
+    # Edited without new checksums it is a tampered file; a genuine future version (fresh
+    # checksums) is refused for its version.
+    with pytest.raises(PackageError, match=r"config.json: SHA-256 mismatch"):
+        load_pretrained(out)
+    (out / "SHA256SUMS").write_text(checksums_text(out))
     with pytest.raises(PackageError, match=r"config.json: format_version 99 is not supported"):
         load_pretrained(out)
     with pytest.raises(PackageError, match=r"config\.json: missing"):

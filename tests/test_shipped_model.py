@@ -50,33 +50,18 @@ def test_fine_tune_and_predict_with_the_shipped_model_without_shared_data(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "ft"
-    code = main(
-        [
-            "finetune",
-            "--checkpoint",
-            str(SHIPPED),
-            "--task",
-            "matbench_phonons",
-            "--folds",
-            "0",
-            "--out",
-            str(out),
-            f"data_root={NO_ROOT}",
-            "epochs=2",
-            "baselines=[classical]",
-            "head.composition_descriptor=true",
-            "threads=1",
-        ]
+    command = (
+        f"finetune --checkpoint {SHIPPED} --task matbench_phonons --folds 0 --out {out} "
+        f"data_root={NO_ROOT} epochs=2 baselines=[classical] threads=1"
     )
+    code = main(command.split())
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["is_sample"] is True  # said plainly: the shipped sample, not Matbench
     assert "not comparable" in (out / "report.md").read_text()
     predictions = tmp_path / "predictions.csv"
     sample = REPO / "data/matbench/matbench_phonons_sample.json.gz"
-    code = main(
-        ["predict", "--checkpoint", str(out), "--input", str(sample), "--out", str(predictions)]
-    )
+    code = main(f"predict --checkpoint {out} --input {sample} --out {predictions}".split())
     assert code == 0
     with predictions.open() as handle:
         rows = list(csv.DictReader(handle))
