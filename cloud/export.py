@@ -291,6 +291,9 @@ def write_package(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         save_file(dict(tensors), str(staging / weights_file), metadata={"format": "pt"})
+        # safetensors writes through a private temporary file (mode 0600); a package is
+        # meant to be shared, like the other files beside it.
+        os.chmod(staging / weights_file, 0o644)
         _fsync(staging / weights_file)
         for name, content in files.items():
             _write_file(staging / _plain_name(name), content)

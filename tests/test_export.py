@@ -134,6 +134,12 @@ def test_round_trip_is_exact_and_ties_stay_tied(debug_model, tmp_path: Path) -> 
         assert check.returncode == 0, check.stdout
 
 
+def test_every_file_of_a_package_is_world_readable(debug_model, tmp_path: Path) -> None:
+    out = save_pretrained(debug_model, ScopeTokenizer(), tmp_path / "pkg")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert all(mode & 0o444 == 0o444 for mode in modes.values()), modes
+
+
 def test_existing_package_is_not_replaced_without_overwrite(debug_model, tmp_path: Path) -> None:
     tokenizer = ScopeTokenizer()
     out = save_pretrained(debug_model, tokenizer, tmp_path / "pkg")

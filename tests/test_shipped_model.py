@@ -14,7 +14,7 @@ from train.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "cloud-tiny-canonical-el"
-WEIGHTS_SHA256 = "@WEIGHTS_SHA256@"
+WEIGHTS_SHA256 = "6b969c0b4294d3cb06158de5c9c185fd23b80cbf14940ac6822fdb59676bd295"
 NO_ROOT = "/nonexistent/cloud-data-root"  # what a user's clone without ../shared sees
 
 
