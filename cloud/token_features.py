@@ -33,6 +33,8 @@ ELEMENT_TABLE = Path(__file__).parent / "tables" / "element_properties.json"
 FEATURE_SETS: tuple[str, ...] = ("elements-v1",)
 """Names a ``CloudConfig.token_features`` may take; a new set gets a new name, never edits."""
 _KIND_COLUMNS = ("is_element", "is_fraction", "fraction", "is_wyckoff", "log2_multiplicity")
+"""The columns after the element properties, in this order (their offsets are below)."""
+_IS_ELEMENT, _IS_FRACTION, _FRACTION, _IS_WYCKOFF, _LOG2_MULTIPLICITY = range(5)
 
 
 @functools.cache
@@ -80,14 +82,14 @@ def token_feature_table(tokens: Sequence[str], feature_set: str = "elements-v1")
         kind, _, value = token.partition(":")
         if kind == "E" and value in elements:
             table[row, :n_element] = torch.tensor(elements[value])
-            table[row, n_element] = 1.0
+            table[row, n_element + _IS_ELEMENT] = 1.0
         elif kind == "F":
-            table[row, n_element + 1] = 1.0
-            table[row, n_element + 2] = float(value)
+            table[row, n_element + _IS_FRACTION] = 1.0
+            table[row, n_element + _FRACTION] = float(value)
         elif kind == "W":
             multiplicity = int(value.rstrip("abcdefghijklmnopqrstuvwxyzA"))
-            table[row, n_element + 3] = 1.0
-            table[row, n_element + 4] = math.log2(multiplicity)
+            table[row, n_element + _IS_WYCKOFF] = 1.0
+            table[row, n_element + _LOG2_MULTIPLICITY] = math.log2(multiplicity)
     return table
 
 
@@ -96,6 +98,7 @@ DESCRIPTOR_STATISTICS: tuple[str, ...] = ("mean", "min", "max", "range", "mad")
 
 def descriptor_width(feature_set: str) -> int:
     """Width of ``composition_descriptor`` for ``feature_set``."""
+    _check_feature_set(feature_set)
     return len(element_properties()[0]) * len(DESCRIPTOR_STATISTICS)
 
 
@@ -113,9 +116,10 @@ def composition_descriptor(
     n_props = len(element_properties()[0])
     features = table[input_ids]  # [B, T, K]
     in_composition = segment_ids == composition_segment
-    is_element = (features[..., n_props] > 0) & in_composition
+    is_element = (features[..., n_props + _IS_ELEMENT] > 0) & in_composition
     fraction_after = torch.zeros_like(features[..., 0])
-    fraction_after[:, :-1] = features[:, 1:, n_props + 2]  # each element's amount follows it
+    # each element's amount is the fraction token that follows it
+    fraction_after[:, :-1] = features[:, 1:, n_props + _FRACTION]
     weights = fraction_after * is_element
     total = weights.sum(dim=1, keepdim=True).clamp_min(1e-8)
     weights = (weights / total).unsqueeze(-1)  # [B, T, 1]

@@ -690,8 +690,16 @@ class _FoldTrainer:
         self.guard.open_test()
         rows = self.rows
         by_id = dict(zip(rows.test_usable, self.predict(rows.test_usable, "test"), strict=True))
+        return self._with_fallback(by_id)
+
+    def _with_fallback(self, by_id: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs for every test id: ``by_id``'s, the training-fold mean for the rest."""
         fallback = self.constant_prediction()
-        return {i: by_id.get(i, fallback) for i in rows.split.test_ids}
+        return {i: by_id.get(i, fallback) for i in self.rows.split.test_ids}
+
+    def _test_truth(self) -> dict[str, Any]:
+        """Targets of the test rows that have one (the rows that are scored)."""
+        return {i: self.targets[i] for i in self.rows.split.test_ids if i in self.targets}
 
     def classical_baseline(self) -> BaselineResult:
         """``train.baselines.ClassicalBaseline`` fitted on this fold's training and
@@ -715,16 +723,13 @@ class _FoldTrainer:
             full = np.zeros((len(usable), len(self.classes)))
             full[:, forest.model.classes_] = predicted
             by_id = dict(zip(usable, full, strict=True))
-        fallback = self.constant_prediction()
-        outputs = {i: by_id.get(i, fallback) for i in rows.split.test_ids}
-        truth = {i: self.targets[i] for i in rows.split.test_ids if i in self.targets}
-        return BaselineResult(*self._score(outputs, truth))
+        return BaselineResult(*self._score(self._with_fallback(by_id), self._test_truth()))
 
     def result(self, outputs: Mapping[str, np.ndarray]) -> FoldResult:
         """The fold's result from test outputs by id (``test_outputs``, or a mean of them)."""
         rows = self.rows
         fallback = self.constant_prediction()
-        truth = {i: self.targets[i] for i in rows.split.test_ids if i in self.targets}
+        truth = self._test_truth()
         predictions, scores = self._score(outputs, truth)
         baseline = self._score({i: fallback for i in truth}, truth)[1]
         self.model.cpu().eval()
