@@ -19,7 +19,12 @@ from cloud.model import CloudConfig
 # or from family() overrides. Ordered by size: flavours() relies on insertion order.
 _SHAPES: dict[str, dict[str, int]] = {
     "debug": {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 128},
+    # nano, micro and milli fill the CPU scaling ladder (configs/scaling/cpu.yaml): about
+    # 0.1 M, 0.35 M and 1.8 M non-embedding parameters around tiny's 0.8 M.
+    "nano": {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 256},
+    "micro": {"num_layers": 3, "hidden_size": 96, "num_heads": 3, "intermediate_size": 384},
     "tiny": {"num_layers": 4, "hidden_size": 128, "num_heads": 2, "intermediate_size": 512},
+    "milli": {"num_layers": 4, "hidden_size": 192, "num_heads": 3, "intermediate_size": 768},
     "mini": {"num_layers": 6, "hidden_size": 256, "num_heads": 4, "intermediate_size": 1024},
     "small": {"num_layers": 8, "hidden_size": 512, "num_heads": 8, "intermediate_size": 2048},
     "base": {"num_layers": 12, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072},

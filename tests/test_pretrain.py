@@ -302,11 +302,13 @@ def test_zero_to_fp32_consolidation_matches_training_model(resume_runs: dict) ->
     config = config_from_dict(json.loads((root / "pretrain_config.json").read_text()))
     _, val_paths = split_train_val(config.data.corpus, config.data.val_shards)
     batches = validation_batches(config, tokenizer, val_paths)
-    loss, accuracy, count = evaluate_batches(model, batches, torch.device("cpu"))
+    loss, accuracy, count, loss_se = evaluate_batches(model, batches, torch.device("cpu"))
     summary = resume_runs["straight"]
     assert count > 0
     assert loss == pytest.approx(summary["val_loss"], rel=1e-5)
     assert accuracy == pytest.approx(summary["val_accuracy"], abs=1e-9)
+    assert loss_se == pytest.approx(summary["val_loss_se"], rel=1e-4)
+    assert 0 < loss_se < 0.1 * loss
 
 
 @pytest.mark.slow

@@ -35,12 +35,13 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from cloud import CloudConfig, CloudForMaskedLM, count_parameters, family
+from cloud.model import IGNORE_INDEX
 from train import checkpoint as ckpt
 from train.config import apply_overrides, build_config, read_yaml_mapping
 from train.distributed import (
@@ -380,6 +381,48 @@ def model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device) -> dic
     return inputs
 
 
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no nan: an undefined figure is written as null."""
+    return value if math.isfinite(value) else None
+
+
+class Evaluation(NamedTuple):
+    """Masked-LM validation result over every rank's batches."""
+
+    loss: float
+    """Mean loss per masked token."""
+    accuracy: float
+    """Fraction of masked tokens predicted exactly."""
+    count: int
+    """Masked tokens scored."""
+    loss_se: float
+    """Standard error of ``loss``: the ratio estimator's with each sequence as one cluster
+    (the masked tokens of one structure are not independent draws); nan below 2 sequences."""
+
+
+def _ratio_standard_error(sums: Sequence[float]) -> float:
+    """SE of R = Σy/Σc from the cluster sums (Σy, Σc, Σy², Σyc, Σc², n)."""
+    total_y, total_c, yy, yc, cc, n = sums
+    if n < 2 or total_c <= 0:
+        return math.nan
+    ratio = total_y / total_c
+    spread = max(yy - 2 * ratio * yc + ratio * ratio * cc, 0.0)
+    return math.sqrt(n / (n - 1) * spread) / total_c
+
+
+def _sequence_cluster_sums(
+    logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """(Σy², Σy·c, Σc², n) over the sequences of a batch, y = a sequence's summed token loss
+    and c = its masked tokens; ``targets`` are in the row-major order of ``labels``."""
+    token_loss = torch.nn.functional.cross_entropy(logits.double(), targets, reduction="none")
+    rows = (labels != IGNORE_INDEX).nonzero()[:, 0].to(token_loss.device)
+    per_sequence = torch.zeros(labels.shape[0], dtype=torch.float64, device=token_loss.device)
+    y = per_sequence.index_add(0, rows, token_loss)
+    c = per_sequence.index_add(0, rows, torch.ones_like(token_loss))
+    return torch.stack([(y * y).sum(), (y * c).sum(), (c * c).sum(), (c > 0).sum().double()])
+
+
 @torch.no_grad()
 def evaluate_batches(
     forward: Any,
@@ -388,8 +431,9 @@ def evaluate_batches(
     *,
     rank: int = 0,
     world_size: int = 1,
-) -> tuple[float, float, int]:
-    """(mean masked-token loss, accuracy, masked tokens) of ``forward`` on ``batches``.
+) -> Evaluation:
+    """Mean masked-token loss, accuracy, masked tokens and the loss's standard error of
+    ``forward`` on ``batches``.
 
     Rank r evaluates batches r, r + W, ...; every rank runs the same number of forwards (a
     rank short of batches repeats batch 0 with weight 0) because ZeRO-3 gathers parameters
@@ -398,19 +442,24 @@ def evaluate_batches(
     """
     mine = list(batches[rank::world_size])
     rounds = math.ceil(len(batches) / world_size)
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    # loss sum, correct, count, then the cluster sums of the standard error: y², y·c, c², n.
+    totals = torch.zeros(7, dtype=torch.float64, device=device)
     for index in range(rounds):
         weight = 1.0 if index < len(mine) else 0.0
         batch = mine[index] if index < len(mine) else batches[0]
         output = forward(**model_inputs(batch, device))
         targets = output.masked_labels
-        correct = (output.logits.argmax(-1) == targets).sum()
-        count = targets.numel()
-        totals += weight * torch.stack(
-            [output.loss.double() * count, correct.double(), torch.tensor(float(count)).to(device)]
-        )
-    loss_sum, correct, count = all_reduce_sum(totals.tolist(), device)
-    return loss_sum / max(count, 1), correct / max(count, 1), int(count)
+        correct = (output.logits.argmax(-1) == targets).sum().double()
+        count = torch.tensor(float(targets.numel()), dtype=torch.float64, device=device)
+        totals[:3] += weight * torch.stack([output.loss.double() * count, correct, count])
+        totals[3:] += weight * _sequence_cluster_sums(output.logits, targets, batch["labels"])
+    loss_sum, correct, count, yy, yc, cc, n = all_reduce_sum(totals.tolist(), device)
+    return Evaluation(
+        loss=loss_sum / max(count, 1),
+        accuracy=correct / max(count, 1),
+        count=int(count),
+        loss_se=_ratio_standard_error((loss_sum, count, yy, yc, cc, n)),
+    )
 
 
 # ------------------------------------------------------------------------------ trainer
@@ -451,6 +500,7 @@ class Trainer:
         self._pending_loss = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         self._interval_time = 0.0
         self.last_val: dict[str, float] = {}
+        self.last_val_se = math.nan
         self.first_val: dict[str, float] = {}
         self.last_train_loss = float("nan")
         self.grad_norm: float | None = None
@@ -711,7 +761,7 @@ class Trainer:
         """Validation loss and masked-token accuracy on the fixed validation batches."""
         self.engine.eval()
         with sdpa_context(self.config.system.attention_backend):
-            loss, accuracy, count = evaluate_batches(
+            result = evaluate_batches(
                 self.engine,
                 self.val_batches,
                 self.dist.device,
@@ -719,15 +769,19 @@ class Trainer:
                 world_size=self.dist.world_size,
             )
         self.engine.train()
-        self.last_val = {"val/loss": loss, "val/accuracy": accuracy}
+        self.last_val = {"val/loss": result.loss, "val/accuracy": result.accuracy}
+        self.last_val_se = result.loss_se
         if not self.first_val:
             self.first_val = dict(self.last_val)
         if self.dist.is_main:
-            msg = f"step {self.progress.step}: val loss {loss:.4f}, accuracy {accuracy:.4f}"
+            msg = (
+                f"step {self.progress.step}: val loss {result.loss:.4f} "
+                f"± {result.loss_se:.4f}, accuracy {result.accuracy:.4f}"
+            )
             if self.bar is not None:
                 self.bar.write(msg)
             else:
-                logger.info("%s (%d masked tokens)", msg, count)
+                logger.info("%s (%d masked tokens)", msg, result.count)
         return dict(self.last_val)
 
     # ---------------------------------------------------------------- checkpoints
@@ -858,6 +912,7 @@ class Trainer:
             "sequences": progress.sequences,
             "flops": progress.flops,
             "val_loss": self.last_val.get("val/loss"),
+            "val_loss_se": _finite_or_none(self.last_val_se),
             "val_accuracy": self.last_val.get("val/accuracy"),
             "initial_val_loss": self.first_val.get("val/loss"),
             "train_loss": self.last_train_loss,

@@ -76,6 +76,8 @@ RESULTS_COLUMNS = (
     "val_loss",
     "wall_time_s",
     "device",
+    "val_loss_se",
+    "role",
 )
 REQUIRED_COLUMNS = ("n_params_non_embedding", "tokens", "val_loss")
 

@@ -10,6 +10,7 @@ resumes a cell whose run directory holds checkpoints but no row.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -39,6 +40,16 @@ class SweepModel:
 
 
 @dataclass(frozen=True)
+class PredictionCell:
+    """The held-out run: one model size and step count beyond the grid."""
+
+    model: SweepModel
+    """Its size; bigger than every model of the grid."""
+    steps: int
+    """Its training steps; more than every step count of the grid."""
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     """A scaling sweep, loaded from ``configs/scaling/<name>.yaml``."""
 
@@ -58,6 +69,13 @@ class SweepConfig:
     """Processes per run (torchrun ``--nproc-per-node``)."""
     in_process: bool = False
     """Run each cell inside the sweep's process (1 process only) instead of under torchrun."""
+    prediction: PredictionCell | None = None
+    """A larger run held out of the fit: after the grid, the law fitted to the grid predicts
+    its loss (written to ``prediction.json`` before it starts), then it runs and is scored."""
+    warmup_fraction: float | None = None
+    """Warm-up steps as a fraction of each run's own steps (at least 1); null keeps the base
+    config's ``optim.warmup_steps``. With the cosine set to ``max_steps``, every run then has
+    a whole schedule of its own length, not the start of a longer one."""
 
     @property
     def results_csv(self) -> Path:
@@ -85,6 +103,8 @@ def load_sweep_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
         "overrides",
         "nproc",
         "in_process",
+        "warmup_fraction",
+        "prediction",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -107,7 +127,37 @@ def load_sweep_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
         overrides=(*(str(o) for o in raw.get("overrides") or ()), *overrides),
         nproc=int(raw.get("nproc", 1)),
         in_process=bool(raw.get("in_process", False)),
+        warmup_fraction=_fraction(raw.get("warmup_fraction"), path),
+        prediction=_prediction(raw.get("prediction"), path, names, steps),
     )
+
+
+def _prediction(
+    entry: Any, path: Path, names: Sequence[str], steps: Sequence[int]
+) -> PredictionCell | None:
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping) or "steps" not in entry:
+        raise ValueError(f"{path}: prediction needs name, flavour and steps, got {entry!r}")
+    model = _model({k: v for k, v in entry.items() if k != "steps"}, path)
+    cell = PredictionCell(model, int(entry["steps"]))
+    if model.name in names:
+        raise ValueError(f"{path}: the prediction's name {model.name!r} is also a grid model")
+    if cell.steps <= max(steps):
+        raise ValueError(
+            f"{path}: the prediction runs {cell.steps} steps, not more than the grid's "
+            f"{max(steps)}; a prediction must extrapolate"
+        )
+    return cell
+
+
+def _fraction(value: Any, path: Path) -> float | None:
+    if value is None:
+        return None
+    fraction = float(value)
+    if not 0 < fraction < 1:
+        raise ValueError(f"{path}: warmup_fraction must lie in (0, 1), got {value!r}")
+    return fraction
 
 
 def _model(entry: Mapping[str, Any], path: Path) -> SweepModel:
@@ -126,8 +176,27 @@ def run_overrides(sweep: SweepConfig, model: SweepModel, steps: int) -> list[str
         f"checkpoint.interval={max(steps // 2, 1)}",
         "checkpoint.keep_last=1",
     ]
+    if sweep.warmup_fraction is not None:
+        cell.append(f"optim.warmup_steps={max(1, round(sweep.warmup_fraction * steps))}")
     cell += [f"model.overrides.{key}={value}" for key, value in model.overrides.items()]
     return [*sweep.overrides, *cell]
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"K/N"`` → (K, N), 1 ≤ K ≤ N: this process runs every N-th cell from the K-th."""
+    try:
+        part, parts = (int(x) for x in text.split("/"))
+    except ValueError as err:
+        raise ValueError(f"--part wants K/N (e.g. 1/2), got {text!r}") from err
+    if not 1 <= part <= parts:
+        raise ValueError(f"--part {text}: K must lie in 1..N")
+    return part, parts
+
+
+def missing_cells(sweep: SweepConfig) -> list[tuple[SweepModel, int]]:
+    """Cells of the grid that have no row in the CSV yet."""
+    done = finished_cells(sweep.results_csv)
+    return [(m, s) for m, s in sweep.cells() if (m.name, s) not in done]
 
 
 def finished_cells(results_csv: Path) -> set[tuple[str, int]]:
@@ -140,20 +209,27 @@ def finished_cells(results_csv: Path) -> set[tuple[str, int]]:
 
 def append_row(results_csv: Path, row: Mapping[str, Any]) -> None:
     """Add one row; the whole file is rewritten through a temporary file and a rename, so an
-    interrupted sweep never leaves a half-written CSV."""
+    interrupted sweep never leaves a half-written CSV. An exclusive lock on a sibling file
+    lets several sweep processes (``--part``) append to one CSV without losing rows."""
     columns = [*RESULTS_COLUMNS, "steps", "run_dir"]
-    existing = results_csv.read_text() if results_csv.is_file() else ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    if not existing:
-        writer.writeheader()
-    writer.writerow({c: row.get(c, "") for c in columns})
     results_csv.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=results_csv.parent, suffix=".tmp", delete=False, newline=""
-    ) as tmp:
-        tmp.write(existing + buffer.getvalue())
-    os.replace(tmp.name, results_csv)
+    with open(results_csv.with_name(results_csv.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        existing = results_csv.read_text() if results_csv.is_file() else ""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        if not existing:
+            writer.writeheader()
+        writer.writerow({c: _csv_value(row.get(c)) for c in columns})
+        with tempfile.NamedTemporaryFile(
+            "w", dir=results_csv.parent, suffix=".tmp", delete=False, newline=""
+        ) as tmp:
+            tmp.write(existing + buffer.getvalue())
+        os.replace(tmp.name, results_csv)
+
+
+def _csv_value(value: Any) -> Any:
+    return "" if value is None else value
 
 
 def finished_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -189,8 +265,13 @@ def run_sweep(
     *,
     launcher: Launcher | None = None,
     on_event: Callable[[str], None] = print,
+    part: tuple[int, int] = (1, 1),
 ) -> Path:
-    """Run every cell not yet in the CSV (resuming interrupted ones); return the CSV path."""
+    """Run every cell not yet in the CSV (resuming interrupted ones); return the CSV path.
+
+    ``part=(K, N)`` runs only cells K, K + N, ... (1-based, grid order), so N processes (or
+    N cluster jobs) share one grid and one CSV.
+    """
     if launcher is None and sweep.in_process:
         launcher = in_process_launcher
     elif launcher is None:
@@ -198,6 +279,8 @@ def run_sweep(
     done = finished_cells(sweep.results_csv)
     cells = list(sweep.cells())
     for index, (model, steps) in enumerate(cells, start=1):
+        if (index - 1) % part[1] != part[0] - 1:
+            continue
         label = f"[{index}/{len(cells)}] {model.name} × {steps} steps"
         if (model.name, steps) in done:
             on_event(f"{label}: finished earlier, skipped")
@@ -211,7 +294,13 @@ def run_sweep(
             on_event(f"{label}: {'resuming' if resume else 'running'} in {run_dir}")
             overrides = run_overrides(sweep, model, steps)
             summary = launcher(sweep.base_config, overrides, nproc=sweep.nproc, resume=resume)
-        row = {**summary, ROW_KEY_COLUMN: model.name, "steps": steps, "run_dir": str(run_dir)}
+        row = {
+            **summary,
+            ROW_KEY_COLUMN: model.name,
+            "steps": steps,
+            "run_dir": str(run_dir),
+            "role": "fit",
+        }
         append_row(sweep.results_csv, row)
         on_event(
             f"{label}: val loss {summary['val_loss']:.4f}, N={summary['n_params_non_embedding']:,}, "

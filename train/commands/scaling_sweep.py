@@ -29,6 +29,13 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="DIR", help="override the sweep's out_dir")
     parser.add_argument("--no-fit", action="store_true", help="only run the grid")
     parser.add_argument(
+        "--part",
+        metavar="K/N",
+        default="1/1",
+        help="run only cells K, K+N, ... of the grid, so N processes share it and its CSV "
+        "(the fit waits until every cell has a row; default 1/1: all cells)",
+    )
+    parser.add_argument(
         "--bootstrap", type=int, default=200, help="bootstrap resamples for the fit"
     )
     parser.set_defaults(func=run_sweep_command)
@@ -39,14 +46,19 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from train.scaling import ScalingFitError, format_summary, write_report
-    from train.sweep import load_sweep_config, run_sweep
+    from train.sweep import load_sweep_config, missing_cells, parse_part, run_sweep
 
     sweep = load_sweep_config(args.config, args.overrides)
     if args.out:
         sweep = dataclasses.replace(sweep, out_dir=args.out)
-    results = run_sweep(sweep)
+    results = run_sweep(sweep, part=parse_part(args.part))
     print(f"results: {results}")
     if args.no_fit:
+        return 0
+    missing = missing_cells(sweep)
+    if missing:
+        names = ", ".join(f"{m.name} × {s}" for m, s in missing)
+        print(f"not fitted yet: {len(missing)} cell(s) still without a row ({names})")
         return 0
     try:
         fit = write_report(results, Path(sweep.out_dir) / "report", bootstrap=args.bootstrap)
