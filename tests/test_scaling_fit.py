@@ -22,6 +22,7 @@ from train.scaling import (
     fit_power_law_1d,
     fit_scaling_law,
     isoflop_analysis,
+    law,
     predict_loss,
 )
 
@@ -98,7 +99,7 @@ def test_fit_reports_diagnostics(noisy_fit: dict) -> None:
 
 
 def test_non_convergence_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scaling, "MAX_ITERATIONS", 2)
+    monkeypatch.setattr(law, "MAX_ITERATIONS", 2)
     n_params, tokens = grid_runs()
     losses = chinchilla_losses(n_params, tokens, NOISE)
     fit = fit_scaling_law(n_params, tokens, losses, bootstrap=0, n_starts=2)
@@ -111,7 +112,7 @@ def test_a_bootstrap_refit_that_runs_off_to_infinity_is_counted_not_a_crash(
 ) -> None:
     # What the README's 3 x 3 sweep did with seeds 0 and 1: a resample drove log B to
     # hundreds and math.exp raised OverflowError, so no report was written.
-    real = scaling._bootstrap_thetas
+    real = law._bootstrap_thetas
 
     def with_a_runaway(*args, **kwargs):
         thetas, not_converged = real(*args, **kwargs)
@@ -119,7 +120,7 @@ def test_a_bootstrap_refit_that_runs_off_to_infinity_is_counted_not_a_crash(
         thetas[1, 1] = 1e4  # log A of another
         return thetas, not_converged
 
-    monkeypatch.setattr(scaling, "_bootstrap_thetas", with_a_runaway)
+    monkeypatch.setattr(law, "_bootstrap_thetas", with_a_runaway)
     n_params, tokens = grid_runs()
     losses = chinchilla_losses(n_params, tokens, NOISE)
     fit = fit_scaling_law(n_params, tokens, losses, bootstrap=20, seed=0)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from train.scaling import write_report
-from train.sweep import finished_cells, load_sweep_config, run_sweep
+from train.scaling.sweep import finished_cells, load_sweep_config, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

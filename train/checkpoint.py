@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from train.common.files import atomic_write_text
 from train.distributed import barrier
 
 LATEST = "latest"
@@ -59,17 +60,6 @@ def tag_step(tag: str) -> int:
     if not match:
         raise ValueError(f"{tag!r} is not a checkpoint tag (step_NNNNNNNN)")
     return int(match.group(1))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new content, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def read_latest(checkpoint_dir: str | os.PathLike) -> str | None:

@@ -179,7 +179,7 @@ class Demo:
         import dataclasses
 
         from train.scaling import write_report
-        from train.sweep import load_sweep_config, run_sweep
+        from train.scaling.sweep import load_sweep_config, run_sweep
 
         corpus = self.results["corpus"].outputs["corpus"]
         sweep = load_sweep_config(REPO / "configs/scaling/cpu-tiny.yaml", [f"data.corpus={corpus}"])

@@ -32,8 +32,8 @@ def register(actions: argparse._SubParsersAction) -> None:
         "--part",
         metavar="K/N",
         default="1/1",
-        help="run only cells K, K+N, ... of the grid, so N processes share it and its CSV "
-        "(the fit waits until every cell has a row; default 1/1: all cells)",
+        help="run only part K of N of the grid (parts of about equal cost), so N processes "
+        "share it and its CSV; the fit waits until every cell has a row (default 1/1: all)",
     )
     parser.add_argument(
         "--bootstrap", type=int, default=200, help="bootstrap resamples for the fit"
@@ -46,7 +46,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from train.scaling import ScalingFitError, format_summary, write_report
-    from train.sweep import load_sweep_config, missing_cells, parse_part, run_sweep
+    from train.scaling.sweep import load_sweep_config, missing_cells, parse_part, run_sweep
 
     sweep = load_sweep_config(args.config, args.overrides)
     if args.out:

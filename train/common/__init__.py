@@ -1,0 +1,1 @@
+"""What several jobs of ``train`` share: atomic file writes, number formatting for reports."""

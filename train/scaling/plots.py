@@ -1,0 +1,232 @@
+"""PNG plots of a scaling fit (matplotlib Figure objects rendered by Agg; pyplot's global
+state is never touched)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from train.common.files import atomic_write
+from train.common.formatting import human_count
+from train.scaling.law import (
+    FloatArray,
+    compute_optimal_model_and_data,
+    fitted_parameters,
+    predict_loss,
+)
+from train.scaling.one_dimensional import predict_loss_1d
+from train.scaling.results import ScalingRuns
+
+# --------------------------------------------------------------------------------------------
+# Plots (matplotlib Figure objects rendered by Agg; pyplot's global state is never touched)
+# --------------------------------------------------------------------------------------------
+
+
+PLOT_DPI = 120
+MAX_LEGEND_GROUPS = 12
+
+
+def _new_figure(n_panels: int = 1) -> tuple[Any, list[Any]]:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4 * n_panels, 4.8), layout="constrained")
+    axes = [figure.add_subplot(1, n_panels, i + 1) for i in range(n_panels)]
+    return figure, axes
+
+
+def _save_figure(figure: Any, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=PLOT_DPI))
+
+
+def _group_colours(count: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    colormap = colormaps["viridis"]
+    return [colormap(0.9 * i / max(1, count - 1)) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class _LossPlotAxes:
+    varied_label: str  # x axis
+    varied_name: str  # for the title
+    fixed_key: str  # key of the group's fixed value in the one-dimensional fits
+    fixed_label: str  # legend title
+
+
+def _plot_loss_against(
+    path: Path,
+    varied: FloatArray,
+    fixed: FloatArray,
+    losses: FloatArray,
+    groups: list[dict[str, Any]],
+    predict: Callable[[FloatArray, float], FloatArray],
+    axes_spec: _LossPlotAxes,
+) -> None:
+    """Loss against one variable, one colour per value of the other, with the fitted curves."""
+    figure, (axis,) = _new_figure()
+    colours = _group_colours(len(groups))
+    line = np.geomspace(varied.min() / 1.5, varied.max() * 1.5, 200)
+    show_legend = len(groups) <= MAX_LEGEND_GROUPS
+    for group, colour in zip(groups, colours, strict=True):
+        indices = np.asarray(group["run_indices"])
+        label = human_count(group[axes_spec.fixed_key]) if show_legend else None
+        axis.scatter(varied[indices], losses[indices], color=colour, s=22, zorder=3, label=label)
+        fixed_value = float(np.exp(np.log(fixed[indices]).mean()))
+        axis.plot(line, predict(line, fixed_value), color=colour, lw=1.4)
+        if group.get("fit"):
+            axis.plot(line, predict_loss_1d(group["fit"], line), color=colour, lw=0.9, ls=":")
+    axis.set_xscale("log")
+    axis.set_xlabel(axes_spec.varied_label)
+    axis.set_ylabel("validation loss")
+    axis.set_title(
+        f"Loss vs {axes_spec.varied_name}: solid = 2-D law, dotted = 1-D law of each group",
+        fontsize=10,
+    )
+    if show_legend:
+        axis.legend(fontsize=8, title=axes_spec.fixed_label, title_fontsize=8)
+    axis.grid(True, which="both", alpha=0.3)
+    _save_figure(figure, path)
+
+
+def _plot_residuals(path: Path, runs: ScalingRuns, residuals: dict[str, Any]) -> None:
+    figure, axes = _new_figure(2)
+    relative = 100 * np.asarray(residuals["relative_residuals"])
+    panels = (
+        (runs.n_params, runs.tokens, "non-embedding parameters N", "tokens D"),
+        (runs.tokens, runs.n_params, "training tokens D", "parameters N"),
+    )
+    for axis, (x, colour_by, xlabel, colour_label) in zip(axes, panels, strict=True):
+        points = axis.scatter(x, relative, c=np.log10(colour_by), cmap="viridis", s=22)
+        figure.colorbar(points, ax=axis, label=f"log10 {colour_label}")
+        axis.axhline(0.0, color="black", lw=0.8)
+        axis.set_xscale("log")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("observed / fitted − 1  (%)")
+        axis.grid(True, alpha=0.3)
+    axes[0].set_title("Residuals of the 2-D law", fontsize=10)
+    _save_figure(figure, path)
+
+
+def _plot_isoflop_curves(axis: Any, curves: list[dict[str, Any]]) -> None:
+    colours = _group_colours(len(curves))
+    for curve, colour in zip(curves, colours, strict=True):
+        n_params = np.asarray(curve["N"])
+        label = f"C = {curve['compute']:.2g}"
+        axis.scatter(n_params, curve["L"], color=colour, s=22, label=label)
+        line = np.geomspace(n_params.min() / 1.3, n_params.max() * 1.3, 100)
+        axis.plot(line, np.polyval(curve["parabola_ln_n"], np.log(line)), color=colour, lw=1.2)
+        if curve["N_opt"] is not None:
+            # Hollow: the minimum lies outside the sampled sizes and is not used for a.
+            face = colour if curve["inside_range"] else "none"
+            axis.scatter(
+                [curve["N_opt"]],
+                [curve["loss_min"]],
+                marker="*",
+                s=140,
+                facecolor=face,
+                edgecolor="black",
+                zorder=4,
+            )
+    axis.set_xscale("log")
+    axis.set_xlabel("non-embedding parameters N")
+    axis.set_ylabel("validation loss")
+    axis.set_title(
+        "IsoFLOP curves: parabola in log N, ★ minimum (hollow: extrapolated)", fontsize=10
+    )
+    if len(curves) <= MAX_LEGEND_GROUPS:
+        axis.legend(fontsize=8)
+    axis.grid(True, which="both", alpha=0.3)
+
+
+def _plot_isoflop_optima(axis: Any, isoflop: dict[str, Any], fit: dict[str, Any]) -> None:
+    curves = isoflop["curves"]
+    budgets = np.asarray([c["compute"] for c in curves])
+    line = np.geomspace(budgets.min() / 3, budgets.max() * 3, 100)
+    law_n_opt, _ = compute_optimal_model_and_data(fitted_parameters(fit), line)
+    axis.plot(line, law_n_opt, color="black", lw=1.2, label=f"2-D law: N_opt ∝ C^{fit['a']:.3f}")
+    used = [c for c in curves if c["N_opt"] is not None and c["inside_range"]]
+    extrapolated = [c for c in curves if c["N_opt"] is not None and not c["inside_range"]]
+    if used:
+        compute = np.asarray([c["compute"] for c in used])
+        axis.scatter(
+            compute,
+            [c["N_opt"] for c in used],
+            marker="*",
+            s=140,
+            color="tab:orange",
+            edgecolor="black",
+            label="isoFLOP minima",
+            zorder=3,
+        )
+        if isoflop["a"] is not None:
+            intercept = np.mean(np.log([c["N_opt"] for c in used]) - isoflop["a"] * np.log(compute))
+            axis.plot(
+                line,
+                np.exp(intercept) * line ** isoflop["a"],
+                color="tab:orange",
+                ls="--",
+                lw=1.0,
+                label=f"isoFLOP fit: N_opt ∝ C^{isoflop['a']:.3f}",
+            )
+    if extrapolated:
+        axis.scatter(
+            [c["compute"] for c in extrapolated],
+            [c["N_opt"] for c in extrapolated],
+            marker="*",
+            s=140,
+            facecolor="none",
+            edgecolor="grey",
+            label="extrapolated minima (not used)",
+            zorder=3,
+        )
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel(f"compute C ({isoflop['compute_source']})")
+    axis.set_ylabel("compute-optimal N")
+    axis.legend(fontsize=8)
+    axis.grid(True, which="both", alpha=0.3)
+
+
+def _plot_isoflop(path: Path, isoflop: dict[str, Any], fit: dict[str, Any]) -> None:
+    figure, (curves_axis, optimum_axis) = _new_figure(2)
+    _plot_isoflop_curves(curves_axis, isoflop["curves"])
+    _plot_isoflop_optima(optimum_axis, isoflop, fit)
+    _save_figure(figure, path)
+
+
+def write_plots(content: dict[str, Any], runs: ScalingRuns, out: Path) -> dict[str, str]:
+    """PNG plots of the fit into ``out``; returns {plot name: file name}."""
+    params = fitted_parameters(content)
+    one_d = content["one_dimensional"]
+    files = {"loss_vs_n": "loss_vs_n.png", "loss_vs_d": "loss_vs_d.png"}
+    _plot_loss_against(
+        out / files["loss_vs_n"],
+        runs.n_params,
+        runs.tokens,
+        runs.val_loss,
+        one_d["loss_vs_n"],
+        lambda n, d: predict_loss(params, n, d),
+        _LossPlotAxes("non-embedding parameters N", "model size", "D", "tokens D"),
+    )
+    _plot_loss_against(
+        out / files["loss_vs_d"],
+        runs.tokens,
+        runs.n_params,
+        runs.val_loss,
+        one_d["loss_vs_d"],
+        lambda d, n: predict_loss(params, n, d),
+        _LossPlotAxes("training tokens D", "tokens", "N", "parameters N"),
+    )
+    files["residuals"] = "residuals.png"
+    _plot_residuals(out / files["residuals"], runs, content["residuals"])
+    if content["isoflop"]["curves"]:
+        files["isoflop"] = "isoflop.png"
+        _plot_isoflop(out / files["isoflop"], content["isoflop"], content)
+    return files
