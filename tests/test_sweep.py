@@ -96,3 +96,124 @@ def test_sweep_config_refuses_unknown_keys_and_empty_axes(tmp_path: Path) -> Non
     path.write_text(yaml.safe_dump({"base_config": "x.yaml", "models": [], "steps": [1]}))
     with pytest.raises(ValueError, match="at least one model"):
         load_sweep_config(path)
+
+
+# ------------------------------------------------------------------ held-out prediction
+
+LAW = {"E": 0.5, "A": 40.0, "B": 900.0, "alpha": 0.35, "beta": 0.45}
+TOKENS_PER_STEP = 1000
+
+
+def law_launcher(calls: list[dict]) -> object:
+    """A launcher whose runs land exactly on LAW (N from the flavour, D = steps × 1000)."""
+    from cloud import count_parameters, family
+    from train.scaling import predict_loss
+
+    def launch(config_path: str, overrides: list[str], *, nproc: int, resume: bool) -> dict:
+        values = dict(item.split("=", 1) for item in overrides)
+        n_params = count_parameters(family(values["model.flavour"]), embedding=False)
+        steps = int(values["train.max_steps"])
+        tokens = steps * TOKENS_PER_STEP
+        run_dir = Path(values["run_dir"])
+        calls.append(
+            {
+                "run_dir": run_dir,
+                "prediction_exists": (run_dir.parent / "prediction.json").is_file(),
+            }
+        )
+        return {
+            "flavour": values["model.flavour"],
+            "n_params_non_embedding": n_params,
+            "n_params_total": n_params,
+            "tokens": tokens,
+            "flops": 6.0 * n_params * tokens,
+            "val_loss": float(predict_loss(LAW, n_params, tokens)),
+            "val_loss_se": 0.001,
+            "wall_time_s": 1.0 + n_params * tokens * 1e-12,
+            "device": "cpu",
+        }
+
+    return launch
+
+
+def prediction_sweep(tmp_path: Path, **prediction: object) -> Path:
+    config = {
+        "name": "law",
+        "base_config": "configs/pretrain/debug.yaml",
+        "out_dir": str(tmp_path / "sweep"),
+        "models": [{"name": n, "flavour": n} for n in ("debug", "nano", "micro", "tiny")],
+        "steps": [100, 300, 1000, 3000],
+        "prediction": {"name": "milli", "flavour": "milli", "steps": 5000, **prediction},
+    }
+    path = tmp_path / "law.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_held_out_run_is_predicted_in_writing_before_it_runs(tmp_path: Path) -> None:
+    from train.scaling.sweep import run_prediction
+
+    config = load_sweep_config(prediction_sweep(tmp_path))
+    calls: list[dict] = []
+    launcher = law_launcher(calls)
+    run_sweep(config, launcher=launcher, on_event=lambda _: None)
+    assert len(calls) == 16 and not any(c["prediction_exists"] for c in calls)
+    events: list[str] = []
+    prediction = run_prediction(config, launcher=launcher, on_event=events.append, bootstrap=20)
+    held_out = calls[-1]
+    assert held_out["run_dir"].name == "milli-s5000"
+    assert held_out["prediction_exists"], "the prediction must be on disk before the run starts"
+    assert "before the run" in events[0]
+    assert prediction["tokens"] == 5000 * TOKENS_PER_STEP
+    rows = read_rows(config.results_csv)
+    assert [r["role"] for r in rows] == ["fit"] * 16 + ["prediction"]
+
+    fit = write_report(config.results_csv, tmp_path / "report", bootstrap=20)
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert fit["n_runs"] == 16  # the held-out run is not fitted
+    scored = summary["prediction"]
+    assert scored["flavour"] == "milli"
+    assert scored["measured_loss"] == pytest.approx(float(rows[-1]["val_loss"]))
+    # Noise-free runs on the law itself: the extrapolation is exact.
+    assert abs(scored["relative_error"]) < 1e-3 and scored["within_target"] is True
+    assert summary["alpha"] == pytest.approx(LAW["alpha"], rel=1e-2)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "A prediction made before the run" in report and "target ±3 %: met" in report
+    assert (tmp_path / "report" / "loss_vs_compute.png").stat().st_size > 10_000
+
+    # Rerunning finds the row: nothing is trained again and the prediction is not rewritten.
+    before = (Path(config.out_dir) / "prediction.json").read_text()
+    run_prediction(config, launcher=launcher, on_event=events.append, bootstrap=20)
+    assert len(calls) == 17 and "skipped" in events[-1]
+    assert (Path(config.out_dir) / "prediction.json").read_text() == before
+
+
+def test_a_prediction_inside_the_grid_or_before_the_grid_is_complete_is_refused(
+    tmp_path: Path,
+) -> None:
+    from train.scaling.sweep import run_prediction
+
+    with pytest.raises(ValueError, match="must extrapolate"):
+        load_sweep_config(prediction_sweep(tmp_path, steps=3000))
+    config = load_sweep_config(prediction_sweep(tmp_path, flavour="tiny"))
+    with pytest.raises(ValueError, match="grid lacks 16 run"):
+        run_prediction(config, launcher=law_launcher([]), on_event=lambda _: None)
+    run_sweep(config, launcher=law_launcher([]), on_event=lambda _: None)
+    with pytest.raises(ValueError, match="not beyond the grid"):
+        run_prediction(config, launcher=law_launcher([]), on_event=lambda _: None, bootstrap=0)
+
+
+def test_parts_split_the_grid_into_equal_halves_that_cover_it_once(tmp_path: Path) -> None:
+    from train.scaling.sweep import assign_parts, cell_cost
+
+    config = load_sweep_config(prediction_sweep(tmp_path))
+    parts = assign_parts(config, 2)
+    assert set(parts) == {(m.name, s) for m, s in config.cells()}
+    loads = [
+        sum(cell_cost(m, s) for m, s in config.cells() if parts[(m.name, s)] == k) for k in (1, 2)
+    ]
+    assert max(loads) / min(loads) < 1.2
+    calls: list[dict] = []
+    for part in (1, 2):
+        run_sweep(config, launcher=law_launcher(calls), on_event=lambda _: None, part=(part, 2))
+    assert len(calls) == 16 and len(read_rows(config.results_csv)) == 16

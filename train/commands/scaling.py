@@ -60,6 +60,11 @@ def register_fit(actions: argparse._SubParsersAction) -> None:
         help=f"bootstrap resamples for 95%% intervals; 0: none (default {DEFAULT_BOOTSTRAP})",
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="bootstrap seed")
+    parser.add_argument(
+        "--prediction",
+        metavar="FILE",
+        help="prediction.json of a held-out run to score (default: the one beside the CSV)",
+    )
     parser.set_defaults(func=run_fit)
 
 
@@ -67,7 +72,13 @@ def run_fit(args: argparse.Namespace) -> int:
     from train.scaling import ScalingFitError, format_summary, write_report
 
     try:
-        content = write_report(args.results, args.out, bootstrap=args.bootstrap, seed=args.seed)
+        content = write_report(
+            args.results,
+            args.out,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            prediction=args.prediction,
+        )
     except ScalingFitError as err:
         print(f"cloud scaling fit: cannot fit {args.results}: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,10 @@ def register(actions: argparse._SubParsersAction) -> None:
             "Run every (model, steps) cell of a sweep config as a normal pretraining run and "
             "append one row per finished run to <out_dir>/results.csv. Re-running skips the "
             "cells already in the CSV and resumes an interrupted one from its checkpoint. "
-            "Then fit the scaling law and write the report to <out_dir>/report (unless --no-fit)."
+            "With a held-out run in the config (prediction:), the law fitted to the grid then "
+            "predicts its loss, writes <out_dir>/prediction.json, and only then trains it. "
+            "Finally fit the scaling law and write the report to <out_dir>/report (unless "
+            "--no-fit, which runs the grid only)."
         ),
     )
     parser.add_argument(
@@ -27,7 +30,9 @@ def register(actions: argparse._SubParsersAction) -> None:
         help="pretraining overrides applied to every run, e.g. data.corpus=runs/corpus",
     )
     parser.add_argument("--out", metavar="DIR", help="override the sweep's out_dir")
-    parser.add_argument("--no-fit", action="store_true", help="only run the grid")
+    parser.add_argument(
+        "--no-fit", action="store_true", help="only run the grid (no prediction, no fit)"
+    )
     parser.add_argument(
         "--part",
         metavar="K/N",
@@ -46,12 +51,19 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from train.scaling import ScalingFitError, format_summary, write_report
-    from train.scaling.sweep import load_sweep_config, missing_cells, parse_part, run_sweep
+    from train.scaling.sweep import (
+        load_sweep_config,
+        missing_cells,
+        parse_part,
+        run_prediction,
+        run_sweep,
+    )
 
     sweep = load_sweep_config(args.config, args.overrides)
     if args.out:
         sweep = dataclasses.replace(sweep, out_dir=args.out)
-    results = run_sweep(sweep, part=parse_part(args.part))
+    part = parse_part(args.part)
+    results = run_sweep(sweep, part=part)
     print(f"results: {results}")
     if args.no_fit:
         return 0
@@ -60,6 +72,17 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         names = ", ".join(f"{m.name} × {s}" for m, s in missing)
         print(f"not fitted yet: {len(missing)} cell(s) still without a row ({names})")
         return 0
+    if part != (1, 1) and sweep.prediction is not None:
+        print(
+            "the grid is complete; run `cloud scaling sweep --config ...` without --part to "
+            "predict, train and score the held-out run, and fit"
+        )
+        return 0
+    try:
+        run_prediction(sweep, bootstrap=args.bootstrap)
+    except ScalingFitError as exc:
+        print(f"prediction refused: {exc}", file=sys.stderr)
+        return 2
     try:
         fit = write_report(results, Path(sweep.out_dir) / "report", bootstrap=args.bootstrap)
     except ScalingFitError as exc:

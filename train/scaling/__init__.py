@@ -54,6 +54,11 @@ from train.scaling.law import (
     predict_loss,
     validate_runs,
 )
+from train.scaling.markdown import (
+    PARAMETER_MEANINGS,
+    format_summary,
+    render_markdown,
+)
 from train.scaling.one_dimensional import (
     MIN_RUNS_1D,
     N_STARTS_1D,
@@ -68,11 +73,8 @@ from train.scaling.plots import (
 )
 from train.scaling.report import (
     CHINCHILLA_PARAMETERS,
-    PARAMETER_MEANINGS,
     REFERENCE_EXPONENTS,
     REPORT_BUDGET_MULTIPLIERS,
-    format_summary,
-    render_markdown,
     residual_summary,
     runs_overview,
     write_report,

@@ -539,6 +539,22 @@ def _percentile_intervals(thetas: FloatArray, confidence: float) -> dict[str, li
     return intervals
 
 
+def _prediction_at(
+    theta: FloatArray, thetas: FloatArray, n_params: float, tokens: float, confidence: float
+) -> dict[str, Any]:
+    """The law's loss at (N, D), with the percentile interval of the bootstrap refits."""
+    loss = float(predict_loss(_named_parameters(theta), n_params, tokens))
+    samples = np.asarray(
+        [predict_loss(_named_parameters(t), n_params, tokens) for t in thetas], dtype=np.float64
+    )
+    samples = samples[np.isfinite(samples)]
+    tail = 100 * (1 - confidence) / 2
+    interval = (
+        [float(v) for v in np.percentile(samples, [tail, 100 - tail])] if len(samples) else []
+    )
+    return {"N": float(n_params), "D": float(tokens), "loss": loss, "ci": interval}
+
+
 def _fit_warnings(
     optimum: _Optimum,
     params: dict[str, float],
@@ -579,6 +595,7 @@ def fit_scaling_law(
     seed: int = 0,
     n_starts: int | None = DEFAULT_N_STARTS,
     confidence: float = CONFIDENCE,
+    predict_at: Sequence[tuple[float, float]] = (),
 ) -> dict[str, Any]:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3).
 
@@ -588,8 +605,10 @@ def fit_scaling_law(
     (None: every grid point, as Besiroglu et al. 2024 did).
 
     Returns a JSON-ready dict: ``E, A, B, alpha, beta`` (point estimates), ``a, b, G``
-    (compute-optimal allocation), ``ci`` ({name: [lo, hi]}), and diagnostics ``converged``,
-    ``objective``, ``grad_norm``, ``n_initialisations``, ``optimizer_message``, ``warnings``.
+    (compute-optimal allocation), ``ci`` ({name: [lo, hi]}), ``predictions`` (one
+    ``{N, D, loss, ci}`` per point of ``predict_at``, the interval from the same bootstrap
+    refits), and diagnostics ``converged``, ``objective``, ``grad_norm``,
+    ``n_initialisations``, ``optimizer_message``, ``warnings``.
     Raises :class:`ScalingFitError` when the runs cannot identify the law.
     """
     n_params, tokens, losses = validate_runs(N, D, L)
@@ -602,6 +621,7 @@ def fit_scaling_law(
     log_l = np.log(losses)
     intervals: dict[str, list[float]] = {}
     not_converged = unidentified = 0
+    identified = np.empty((0, 5))
     with _single_threaded_blas():
         optimum, starts, n_grid = _fit_theta(log_x, log_l, n_starts)
         if bootstrap:
@@ -613,11 +633,15 @@ def fit_scaling_law(
             unidentified = len(thetas) - len(identified)
             intervals = _percentile_intervals(identified, confidence)
     params = _with_allocation(optimum.theta)
+    predictions = [
+        _prediction_at(optimum.theta, identified, n, d, confidence) for n, d in predict_at
+    ]
 
     return {
         "model": "L(N, D) = E + A / N^alpha + B / D^beta",
         **params,
         "ci": intervals,
+        "predictions": predictions,
         "confidence": confidence,
         "converged": optimum.converged,
         "objective": optimum.objective,

@@ -21,11 +21,6 @@ from train.scaling.law import (
 from train.scaling.one_dimensional import predict_loss_1d
 from train.scaling.results import ScalingRuns
 
-# --------------------------------------------------------------------------------------------
-# Plots (matplotlib Figure objects rendered by Agg; pyplot's global state is never touched)
-# --------------------------------------------------------------------------------------------
-
-
 PLOT_DPI = 120
 MAX_LEGEND_GROUPS = 12
 
@@ -201,8 +196,63 @@ def _plot_isoflop(path: Path, isoflop: dict[str, Any], fit: dict[str, Any]) -> N
     _save_figure(figure, path)
 
 
-def write_plots(content: dict[str, Any], runs: ScalingRuns, out: Path) -> dict[str, str]:
-    """PNG plots of the fit into ``out``; returns {plot name: file name}."""
+def _plot_compute_frontier(path: Path, content: dict[str, Any], every_run: ScalingRuns) -> None:
+    """Loss against compute (6ND), one colour per model size, the law's compute-optimal
+    frontier L(N_opt(C), D_opt(C)), and the held-out run against its prediction."""
+    params = fitted_parameters(content)
+    figure, (axis,) = _new_figure()
+    fitted = every_run.fitted()
+    sizes = np.unique(fitted.n_params)
+    for size, colour in zip(sizes, _group_colours(len(sizes)), strict=True):
+        rows = fitted.n_params == size
+        order = np.argsort(fitted.tokens[rows])
+        compute = 6 * size * fitted.tokens[rows][order]
+        label = f"{fitted.flavour[int(np.flatnonzero(rows)[0])]} (N={human_count(size)})"
+        axis.plot(compute, fitted.val_loss[rows][order], "o-", color=colour, ms=4, label=label)
+    held = every_run.held_out()
+    compute_max = float((6 * every_run.n_params * every_run.tokens).max())
+    compute_min = float((6 * every_run.n_params * every_run.tokens).min())
+    line = np.geomspace(compute_min, compute_max * 3, 100)
+    n_opt, d_opt = compute_optimal_model_and_data(params, line)
+    axis.plot(
+        line, predict_loss(params, n_opt, d_opt), "k--", lw=1.2, label="compute-optimal (law)"
+    )
+    prediction = content.get("prediction")
+    for i in range(len(held)):
+        compute = 6 * held.n_params[i] * held.tokens[i]
+        axis.plot(compute, held.val_loss[i], "r*", ms=13, label=f"{held.flavour[i]} (held out)")
+    if prediction:
+        compute = 6 * prediction["n_params_non_embedding"] * prediction["tokens"]
+        low_high = prediction.get("interval") or []
+        if low_high:
+            axis.errorbar(
+                [compute],
+                [prediction["predicted_loss"]],
+                yerr=[
+                    [prediction["predicted_loss"] - low_high[0]],
+                    [low_high[1] - prediction["predicted_loss"]],
+                ],
+                fmt="D",
+                color="red",
+                mfc="none",
+                capsize=4,
+                label="prediction before the run (95 %)",
+            )
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("compute C ≈ 6·N·D (FLOPs)")
+    axis.set_ylabel("validation loss")
+    axis.set_title("Loss against compute, with the law's frontier", fontsize=10)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=7)
+    _save_figure(figure, path)
+
+
+def write_plots(
+    content: dict[str, Any], runs: ScalingRuns, out: Path, every_run: ScalingRuns | None = None
+) -> dict[str, str]:
+    """PNG plots of the fit into ``out``; returns {plot name: file name}. ``runs`` are the
+    fitted runs; ``every_run`` adds the held-out ones to the compute plot."""
     params = fitted_parameters(content)
     one_d = content["one_dimensional"]
     files = {"loss_vs_n": "loss_vs_n.png", "loss_vs_d": "loss_vs_d.png"}
@@ -226,6 +276,8 @@ def write_plots(content: dict[str, Any], runs: ScalingRuns, out: Path) -> dict[s
     )
     files["residuals"] = "residuals.png"
     _plot_residuals(out / files["residuals"], runs, content["residuals"])
+    files["loss_vs_compute"] = "loss_vs_compute.png"
+    _plot_compute_frontier(out / files["loss_vs_compute"], content, every_run or runs)
     if content["isoflop"]["curves"]:
         files["isoflop"] = "isoflop.png"
         _plot_isoflop(out / files["isoflop"], content["isoflop"], content)

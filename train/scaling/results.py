@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,8 @@ RESULTS_COLUMNS = (
     "role",
 )
 REQUIRED_COLUMNS = ("n_params_non_embedding", "tokens", "val_loss")
+FIT_ROLE = "fit"
+PREDICTION_ROLE = "prediction"
 
 # --------------------------------------------------------------------------------------------
 # Results CSV
@@ -43,9 +47,35 @@ class ScalingRuns:
     wall_time_s: FloatArray
     flavour: tuple[str, ...]
     device: tuple[str, ...]
+    val_loss_se: FloatArray
+    """Standard error of each validation loss (nan where the CSV has none)."""
+    steps: FloatArray
+    """Optimizer steps of each run (nan where the CSV has none)."""
+    role: tuple[str, ...]
+    """``fit`` (a grid run) or ``prediction`` (a run held out of the fit); blank = fit."""
 
     def __len__(self) -> int:
         return len(self.val_loss)
+
+    def where(self, keep: Sequence[bool]) -> ScalingRuns:
+        """The runs where ``keep`` is true."""
+        mask = np.asarray(keep, dtype=bool)
+        values = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, np.ndarray):
+                values[item.name] = value[mask]
+            else:
+                values[item.name] = tuple(v for v, k in zip(value, mask, strict=True) if k)
+        return ScalingRuns(**values)
+
+    def fitted(self) -> ScalingRuns:
+        """The runs the law is fitted to: every run but those held out for a prediction."""
+        return self.where([role != PREDICTION_ROLE for role in self.role])
+
+    def held_out(self) -> ScalingRuns:
+        """The runs held out of the fit to test a prediction."""
+        return self.where([role == PREDICTION_ROLE for role in self.role])
 
 
 def _parse_float(text: str | None, line: int, column: str, required: bool) -> float:
@@ -75,6 +105,13 @@ def read_results(results_csv: str | os.PathLike[str]) -> ScalingRuns:
     if not rows:
         raise ScalingFitError(f"{path} has a header but no runs")
 
+    for line, row in rows:
+        role = (row.get("role") or FIT_ROLE).strip()
+        if role not in (FIT_ROLE, PREDICTION_ROLE):
+            raise ScalingFitError(
+                f"{path} line {line}: role {role!r} is neither {FIT_ROLE!r} nor {PREDICTION_ROLE!r}"
+            )
+
     def column(name: str, required: bool = False) -> FloatArray:
         return np.asarray([_parse_float(row.get(name), line, name, required) for line, row in rows])
 
@@ -87,4 +124,7 @@ def read_results(results_csv: str | os.PathLike[str]) -> ScalingRuns:
         wall_time_s=column("wall_time_s"),
         flavour=tuple((row.get("flavour") or "").strip() for _, row in rows),
         device=tuple((row.get("device") or "").strip() for _, row in rows),
+        val_loss_se=column("val_loss_se"),
+        steps=column("steps"),
+        role=tuple((row.get("role") or FIT_ROLE).strip() for _, row in rows),
     )

@@ -22,7 +22,10 @@ from typing import Any
 
 import yaml
 
-from train.scaling.results import RESULTS_COLUMNS
+from train.common.files import atomic_write_text
+from train.scaling.law import DEFAULT_BOOTSTRAP
+from train.scaling.prediction import PREDICTION_FILE, make_prediction, read_prediction
+from train.scaling.results import FIT_ROLE, PREDICTION_ROLE, RESULTS_COLUMNS
 
 ROW_KEY_COLUMN = "flavour"  # the CSV's model-name column
 
@@ -201,10 +204,7 @@ FIXED_COST_PARAMETERS = 130_000
 
 def cell_cost(model: SweepModel, steps: int) -> float:
     """Relative cost of one cell: steps × (non-embedding parameters + a fixed part)."""
-    from cloud import count_parameters, family
-
-    config = family(model.flavour, **dict(model.overrides))
-    return steps * (count_parameters(config, embedding=False) + FIXED_COST_PARAMETERS)
+    return steps * (_non_embedding_parameters(model) + FIXED_COST_PARAMETERS)
 
 
 def assign_parts(sweep: SweepConfig, parts: int) -> dict[tuple[str, int], int]:
@@ -300,10 +300,7 @@ def run_sweep(
     ``part=(K, N)`` runs only the cells :func:`assign_parts` gives part K, so N processes
     (or N cluster jobs) share one grid and one CSV in about equal time.
     """
-    if launcher is None and sweep.in_process:
-        launcher = in_process_launcher
-    elif launcher is None:
-        from train.pretrain import launch as launcher
+    launcher = launcher or _default_launcher(sweep)
     done = finished_cells(sweep.results_csv)
     cells = list(sweep.cells())
     mine = assign_parts(sweep, part[1]) if part[1] > 1 else None
@@ -314,25 +311,108 @@ def run_sweep(
         if (model.name, steps) in done:
             on_event(f"{label}: finished earlier, skipped")
             continue
-        run_dir = sweep.run_dir(model, steps)
-        summary = finished_summary(run_dir)
-        if summary is not None:
-            on_event(f"{label}: finished earlier but not in the CSV; row recovered")
-        else:
-            resume = has_checkpoint(run_dir)
-            on_event(f"{label}: {'resuming' if resume else 'running'} in {run_dir}")
-            overrides = run_overrides(sweep, model, steps)
-            summary = launcher(sweep.base_config, overrides, nproc=sweep.nproc, resume=resume)
-        row = {
-            **summary,
-            ROW_KEY_COLUMN: model.name,
-            "steps": steps,
-            "run_dir": str(run_dir),
-            "role": "fit",
-        }
-        append_row(sweep.results_csv, row)
-        on_event(
-            f"{label}: val loss {summary['val_loss']:.4f}, N={summary['n_params_non_embedding']:,}, "
-            f"D={summary['tokens']:,} tokens, {summary['wall_time_s']:.0f} s"
-        )
+        _run_cell(sweep, model, steps, launcher, label, FIT_ROLE, on_event)
     return sweep.results_csv
+
+
+def _default_launcher(sweep: SweepConfig) -> Launcher:
+    if sweep.in_process:
+        return in_process_launcher
+    from train.pretrain import launch
+
+    return launch
+
+
+def _run_cell(
+    sweep: SweepConfig,
+    model: SweepModel,
+    steps: int,
+    launcher: Launcher,
+    label: str,
+    role: str,
+    on_event: Callable[[str], None],
+) -> dict[str, Any]:
+    """Run (or resume, or recover) one cell and append its row; returns its summary."""
+    run_dir = sweep.run_dir(model, steps)
+    summary = finished_summary(run_dir)
+    if summary is not None:
+        on_event(f"{label}: finished earlier but not in the CSV; row recovered")
+    else:
+        resume = has_checkpoint(run_dir)
+        on_event(f"{label}: {'resuming' if resume else 'running'} in {run_dir}")
+        overrides = run_overrides(sweep, model, steps)
+        summary = launcher(sweep.base_config, overrides, nproc=sweep.nproc, resume=resume)
+    row = {**summary, ROW_KEY_COLUMN: model.name, "steps": steps, "run_dir": str(run_dir)}
+    append_row(sweep.results_csv, {**row, "role": role})
+    on_event(
+        f"{label}: val loss {summary['val_loss']:.4f}, N={summary['n_params_non_embedding']:,}, "
+        f"D={summary['tokens']:,} tokens, {summary['wall_time_s']:.0f} s"
+    )
+    return summary
+
+
+def prediction_path(sweep: SweepConfig) -> Path:
+    return Path(sweep.out_dir) / PREDICTION_FILE
+
+
+def run_prediction(
+    sweep: SweepConfig,
+    *,
+    launcher: Launcher | None = None,
+    on_event: Callable[[str], None] = print,
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+) -> dict[str, Any] | None:
+    """After the grid: predict the held-out run's loss, write ``prediction.json``, then run it.
+
+    The prediction is written (atomically) before the run starts and is never rewritten, so
+    an interrupted sweep resumes the run against the prediction made first. Returns the
+    prediction, or None when the sweep has no held-out run.
+    """
+    cell = sweep.prediction
+    if cell is None:
+        return None
+    missing = missing_cells(sweep)
+    if missing:
+        raise ValueError(
+            f"the grid lacks {len(missing)} run(s); the prediction is made from the whole grid"
+        )
+    path = prediction_path(sweep)
+    label = f"[held out] {cell.model.name} × {cell.steps} steps"
+    if path.is_file():
+        prediction = read_prediction(path)
+        on_event(f"{label}: predicted earlier ({prediction['made_at']}) in {path}")
+    else:
+        prediction = make_prediction(
+            sweep.results_csv,
+            name=cell.model.name,
+            n_params=_non_embedding_parameters(cell.model),
+            steps=cell.steps,
+            bootstrap=bootstrap,
+        )
+        atomic_write_text(path, json.dumps(prediction, indent=2) + "\n")
+        low_high = prediction["interval"] or [float("nan")] * 2
+        on_event(
+            f"{label}: predicted loss {prediction['predicted_loss']:.4f} "
+            f"({prediction['confidence']:.0%} interval {low_high[0]:.4f}–{low_high[1]:.4f}) "
+            f"at N={prediction['n_params_non_embedding']:,}, D≈{prediction['tokens']:,.0f}; "
+            f"written to {path} before the run"
+        )
+    if (cell.model.name, cell.steps) in finished_cells(sweep.results_csv):
+        on_event(f"{label}: finished earlier, skipped")
+        return prediction
+    _run_cell(
+        sweep,
+        cell.model,
+        cell.steps,
+        launcher or _default_launcher(sweep),
+        label,
+        PREDICTION_ROLE,
+        on_event,
+    )
+    return prediction
+
+
+def _non_embedding_parameters(model: SweepModel) -> int:
+    from cloud import count_parameters, family
+
+    return count_parameters(family(model.flavour, **dict(model.overrides)), embedding=False)
