@@ -339,3 +339,11 @@ def test_results_csv_without_loss_column_is_refused(tmp_path: Path) -> None:
     path.write_text("flavour,n_params_non_embedding,tokens\ntiny,1000,2000\n")
     with pytest.raises(ScalingFitError, match="val_loss"):
         scaling.read_results(path)
+
+
+def test_the_loss_plot_promises_dotted_laws_only_when_it_draws_them() -> None:
+    from train.scaling.plots import loss_plot_title
+
+    assert "dotted" in loss_plot_title("model size", True)
+    assert "dotted" not in loss_plot_title("model size", False)
+    assert "too few runs" in loss_plot_title("tokens", False)

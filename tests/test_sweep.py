@@ -88,6 +88,36 @@ def test_fit_report_from_the_sweep(sweep, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "report" / "fit.json").read_text())["n_runs"] == 9
 
 
+@pytest.mark.slow
+def test_downstream_fine_tunes_the_listed_checkpoints_once_each(sweep, tmp_path: Path) -> None:
+    from train.scaling.downstream import DownstreamConfig, read_downstream
+    from train.scaling.sweep import run_downstream_stage
+
+    config, _ = sweep
+    downstream = DownstreamConfig(
+        task="matbench_phonons",
+        runs=("debug-w16-s80", "debug-w64-s80", "not-a-run"),
+        overrides=("epochs=2", "folds=[0]", "baselines=[]", "allow_sample=true", "threads=1"),
+    )
+    config = dataclasses.replace(config, downstream=downstream)
+    events: list[str] = []
+    run_downstream_stage(config, on_event=events.append)
+    rows = read_downstream(Path(config.out_dir) / "downstream.csv")
+    assert [r["run"] for r in rows] == ["debug-w16-s80", "debug-w64-s80"]  # by compute
+    assert all(r["metric"] == "mae" and r["score_mean"] > 0 and r["folds"] == 1 for r in rows)
+    assert any("not-a-run" in e and "left for later" in e for e in events)
+    package = Path(config.out_dir) / "packages" / "debug-w64-s80"
+    assert (package / "model.safetensors").is_file() and (package / "SHA256SUMS").is_file()
+    run_downstream_stage(config, on_event=events.append)
+    assert sum("finished earlier, skipped" in e for e in events) == 2
+
+    fit = write_report(config.results_csv, tmp_path / "report", bootstrap=0)
+    assert [r["run"] for r in fit["downstream"]["rows"]] == ["debug-w16-s80", "debug-w64-s80"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Downstream" in report and "debug-w64-s80" in report
+    assert (tmp_path / "report" / "downstream.png").stat().st_size > 10_000
+
+
 def test_sweep_config_refuses_unknown_keys_and_empty_axes(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"base_config": "x.yaml", "models": [], "steps": [1], "lr": 1}))

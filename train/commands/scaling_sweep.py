@@ -16,7 +16,8 @@ def register(actions: argparse._SubParsersAction) -> None:
             "cells already in the CSV and resumes an interrupted one from its checkpoint. "
             "With a held-out run in the config (prediction:), the law fitted to the grid then "
             "predicts its loss, writes <out_dir>/prediction.json, and only then trains it. "
-            "Finally fit the scaling law and write the report to <out_dir>/report (unless "
+            "Then the checkpoints listed under downstream: are fine-tuned (one downstream.csv "
+            "row each). Finally fit the scaling law and write the report to <out_dir>/report (unless "
             "--no-fit, which runs the grid only)."
         ),
     )
@@ -34,6 +35,11 @@ def register(actions: argparse._SubParsersAction) -> None:
         "--no-fit", action="store_true", help="only run the grid (no prediction, no fit)"
     )
     parser.add_argument(
+        "--no-downstream",
+        action="store_true",
+        help="skip the downstream fine-tuning (run it with `cloud scaling downstream`)",
+    )
+    parser.add_argument(
         "--part",
         metavar="K/N",
         default="1/1",
@@ -44,6 +50,7 @@ def register(actions: argparse._SubParsersAction) -> None:
         "--bootstrap", type=int, default=200, help="bootstrap resamples for the fit"
     )
     parser.set_defaults(func=run_sweep_command)
+    register_downstream(actions)
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
@@ -55,6 +62,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         load_sweep_config,
         missing_cells,
         parse_part,
+        run_downstream_stage,
         run_prediction,
         run_sweep,
     )
@@ -83,6 +91,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     except ScalingFitError as exc:
         print(f"prediction refused: {exc}", file=sys.stderr)
         return 2
+    if not args.no_downstream:
+        run_downstream_stage(sweep)
     try:
         fit = write_report(results, Path(sweep.out_dir) / "report", bootstrap=args.bootstrap)
     except ScalingFitError as exc:
@@ -90,4 +100,35 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         return 2
     print(format_summary(fit))
     print(f"report: {Path(sweep.out_dir) / 'report' / 'report.md'}")
+    return 0
+
+
+def register_downstream(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "downstream",
+        help="fine-tune a sweep's checkpoints on a benchmark; one downstream.csv row each",
+        description=(
+            "Export and fine-tune the runs listed under downstream: in a sweep config, on every "
+            "fold of its task, and append one row per checkpoint to <out_dir>/downstream.csv "
+            "(finished ones are skipped; runs still pretraining are left for the next call). "
+            "`cloud scaling sweep` runs this stage too, after the grid and the prediction."
+        ),
+    )
+    parser.add_argument("--config", required=True, help="sweep YAML, e.g. configs/scaling/cpu.yaml")
+    parser.add_argument("--out", metavar="DIR", help="override the sweep's out_dir")
+    parser.set_defaults(func=run_downstream_command)
+
+
+def run_downstream_command(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from train.scaling.sweep import load_sweep_config, run_downstream_stage
+
+    sweep = load_sweep_config(args.config)
+    if args.out:
+        sweep = dataclasses.replace(sweep, out_dir=args.out)
+    if sweep.downstream is None:
+        print(f"{args.config} has no downstream: section", file=sys.stderr)
+        return 2
+    run_downstream_stage(sweep)
     return 0

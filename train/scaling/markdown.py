@@ -432,6 +432,41 @@ def _markdown_runs(content: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _markdown_downstream(content: dict[str, Any]) -> list[str]:
+    downstream = content.get("downstream")
+    if not downstream:
+        return []
+    rows = downstream["rows"]
+    task, metric = rows[0]["task"], rows[0]["metric"]
+    lines = [
+        "## Downstream: does a lower pretraining loss give a better property model?",
+        "",
+        f"Checkpoints of the sweep fine-tuned on `{task}` with one recipe, every fold "
+        f"(`{downstream['source']}`), in order of pretraining compute:",
+        "",
+        f"| checkpoint | N | tokens | compute 6ND | pretraining val loss | {metric} (mean ± std over folds) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        compute = 6 * row["n_params_non_embedding"] * row["tokens"]
+        lines.append(
+            f"| {row['run']} | {human_count(row['n_params_non_embedding'])} "
+            f"| {human_count(row['tokens'])} | {compute:.3g} | {row['val_loss']:.4f} "
+            f"| {row['score_mean']:.4g} ± {row['score_std']:.3g} ({row['folds']} folds) |"
+        )
+    rho_loss = downstream["spearman_score_vs_val_loss"]
+    rho_compute = downstream["spearman_score_vs_compute"]
+    if rho_loss is not None:
+        lines += [
+            "",
+            f"Spearman rank correlation of the {metric} with the pretraining loss: "
+            f"{rho_loss:+.2f}; with pretraining compute: {rho_compute:+.2f} (over "
+            f"{downstream['n']} checkpoints; +1 with the loss and −1 with compute would mean "
+            "every step down in pretraining loss bought a better property model).",
+        ]
+    return [*lines, ""]
+
+
 def _markdown_budgets(content: dict[str, Any]) -> list[str]:
     budgets = content["budgets"]
     lines = [
@@ -483,6 +518,7 @@ def _markdown_plots(content: dict[str, Any]) -> list[str]:
         "residuals": "Residuals of the 2-D law",
         "isoflop": "IsoFLOP curves and their minima",
         "loss_vs_compute": "Loss vs compute, the compute-optimal frontier and the held-out run",
+        "downstream": "Fine-tuning error against pretraining compute and loss",
     }
     lines = ["## Plots", ""]
     for key, caption in captions.items():
@@ -504,6 +540,7 @@ def render_markdown(content: dict[str, Any]) -> str:
         _markdown_residuals(content),
         _markdown_one_dimensional(content),
         _markdown_isoflop(content),
+        _markdown_downstream(content),
         _markdown_budgets(content),
         _interpretation(content),
         _markdown_plots(content),

@@ -55,6 +55,14 @@ class _LossPlotAxes:
     fixed_label: str  # legend title
 
 
+def loss_plot_title(varied_name: str, has_one_dimensional_laws: bool) -> str:
+    """The title says what the lines are; dotted 1-D laws only where some group has one (a
+    group needs enough runs for its own 3-parameter law)."""
+    if has_one_dimensional_laws:
+        return f"Loss vs {varied_name}: solid = 2-D law, dotted = 1-D law of each group"
+    return f"Loss vs {varied_name}: lines = 2-D law (too few runs per group for 1-D laws)"
+
+
 def _plot_loss_against(
     path: Path,
     varied: FloatArray,
@@ -81,8 +89,7 @@ def _plot_loss_against(
     axis.set_xlabel(axes_spec.varied_label)
     axis.set_ylabel("validation loss")
     axis.set_title(
-        f"Loss vs {axes_spec.varied_name}: solid = 2-D law, dotted = 1-D law of each group",
-        fontsize=10,
+        loss_plot_title(axes_spec.varied_name, any(g.get("fit") for g in groups)), fontsize=10
     )
     if show_legend:
         axis.legend(fontsize=8, title=axes_spec.fixed_label, title_fontsize=8)
@@ -248,6 +255,32 @@ def _plot_compute_frontier(path: Path, content: dict[str, Any], every_run: Scali
     _save_figure(figure, path)
 
 
+def _plot_downstream(path: Path, downstream: dict[str, Any]) -> None:
+    rows = downstream["rows"]
+    figure, axes = _new_figure(2)
+    compute = np.asarray([6 * r["n_params_non_embedding"] * r["tokens"] for r in rows])
+    loss = np.asarray([r["val_loss"] for r in rows])
+    score = np.asarray([r["score_mean"] for r in rows])
+    spread = np.asarray([r["score_std"] for r in rows])
+    metric = f"{rows[0]['task']} {rows[0]['metric']}"
+    for axis, x, label, log in (
+        (axes[0], compute, "pretraining compute 6ND (FLOPs)", True),
+        (axes[1], loss, "pretraining validation loss", False),
+    ):
+        axis.errorbar(x, score, yerr=spread, fmt="o-", capsize=3, color="tab:blue")
+        for xi, yi, row in zip(x, score, rows, strict=True):
+            axis.annotate(
+                row["run"], (xi, yi), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            )
+        if log:
+            axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel(f"{metric} (mean ± std over folds)")
+        axis.grid(True, alpha=0.3)
+    axes[0].set_title("Fine-tuning error against pretraining", fontsize=10)
+    _save_figure(figure, path)
+
+
 def write_plots(
     content: dict[str, Any], runs: ScalingRuns, out: Path, every_run: ScalingRuns | None = None
 ) -> dict[str, str]:
@@ -276,6 +309,9 @@ def write_plots(
     )
     files["residuals"] = "residuals.png"
     _plot_residuals(out / files["residuals"], runs, content["residuals"])
+    if content.get("downstream"):
+        files["downstream"] = "downstream.png"
+        _plot_downstream(out / files["downstream"], content["downstream"])
     files["loss_vs_compute"] = "loss_vs_compute.png"
     _plot_compute_frontier(out / files["loss_vs_compute"], content, every_run or runs)
     if content["isoflop"]["curves"]:

@@ -14,6 +14,7 @@ from numpy.typing import ArrayLike
 
 from train.common.files import atomic_write_text
 from train.scaling.budget import cpu_budgets, gpu_budget
+from train.scaling.downstream import DOWNSTREAM_FILE, downstream_summary, read_downstream
 from train.scaling.isoflop import isoflop_analysis
 from train.scaling.law import (
     DEFAULT_BOOTSTRAP,
@@ -144,12 +145,14 @@ def write_report(
     seed: int = 0,
     n_starts: int | None = DEFAULT_N_STARTS,
     prediction: str | os.PathLike[str] | None = None,
+    downstream: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Fit the sweep's CSV and write ``fit.json``, ``summary.json``, ``report.md`` and PNG
     plots into ``out_dir``.
 
     The law is fitted to the grid runs only (role ``fit``); runs held out for a prediction are
-    scored against ``prediction`` (default: ``prediction.json`` beside the CSV, if present).
+    scored against ``prediction`` (default: ``prediction.json`` beside the CSV, if present);
+    ``downstream`` (default: ``downstream.csv`` beside it) adds the fine-tuning results.
     Each file is written through a temporary file and a rename; ``fit.json`` comes last, so
     its presence means the report is complete. Returns what ``fit.json`` holds.
     """
@@ -188,6 +191,7 @@ def write_report(
         "budgets": {"cpu": cpu_budgets(fit, every_run), "gpu": gpu_budget(fit)},
         "unpinned": unpinned_parameters(fit),
         "prediction": _scored_prediction(results_csv, prediction, every_run),
+        "downstream": _downstream(results_csv, downstream),
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,6 +220,18 @@ def _scored_prediction(
             raise ScalingFitError(f"prediction file not found: {path}")
         return None
     return score_prediction(read_prediction(path), runs)
+
+
+def _downstream(
+    results_csv: str | os.PathLike[str], downstream: str | os.PathLike[str] | None
+) -> dict[str, Any] | None:
+    path = Path(downstream) if downstream else Path(results_csv).with_name(DOWNSTREAM_FILE)
+    if not path.is_file():
+        if downstream:
+            raise ScalingFitError(f"downstream results not found: {path}")
+        return None
+    rows = read_downstream(path)
+    return {"source": str(path), "rows": rows, **downstream_summary(rows)} if rows else None
 
 
 def run_table(runs: ScalingRuns) -> list[dict[str, Any]]:
@@ -288,6 +304,12 @@ def summary_of(content: dict[str, Any]) -> dict[str, Any]:
                 for b in content["budgets"]["cpu"]
             ],
             "gpu": content["budgets"]["gpu"],
+        },
+        "downstream": None
+        if content["downstream"] is None
+        else {
+            key: content["downstream"][key]
+            for key in ("spearman_score_vs_val_loss", "spearman_score_vs_compute", "rows")
         },
         "source_csv": content["source_csv"],
     }

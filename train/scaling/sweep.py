@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from train.common.files import atomic_write_text
+from train.scaling.downstream import DownstreamConfig, downstream_from_mapping, run_downstream
 from train.scaling.law import DEFAULT_BOOTSTRAP
 from train.scaling.prediction import PREDICTION_FILE, make_prediction, read_prediction
 from train.scaling.results import FIT_ROLE, PREDICTION_ROLE, RESULTS_COLUMNS
@@ -75,6 +76,8 @@ class SweepConfig:
     prediction: PredictionCell | None = None
     """A larger run held out of the fit: after the grid, the law fitted to the grid predicts
     its loss (written to ``prediction.json`` before it starts), then it runs and is scored."""
+    downstream: DownstreamConfig | None = None
+    """Checkpoints of the sweep fine-tuned on a benchmark, after the prediction."""
     warmup_fraction: float | None = None
     """Warm-up steps as a fraction of each run's own steps (at least 1); null keeps the base
     config's ``optim.warmup_steps``. With the cosine set to ``max_steps``, every run then has
@@ -108,6 +111,7 @@ def load_sweep_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
         "in_process",
         "warmup_fraction",
         "prediction",
+        "downstream",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -132,6 +136,7 @@ def load_sweep_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
         in_process=bool(raw.get("in_process", False)),
         warmup_fraction=_fraction(raw.get("warmup_fraction"), path),
         prediction=_prediction(raw.get("prediction"), path, names, steps),
+        downstream=downstream_from_mapping(raw.get("downstream"), path),
     )
 
 
@@ -235,11 +240,14 @@ def finished_cells(results_csv: Path) -> set[tuple[str, int]]:
         return {(row[ROW_KEY_COLUMN], int(row["steps"])) for row in csv.DictReader(f)}
 
 
-def append_row(results_csv: Path, row: Mapping[str, Any]) -> None:
+def append_row(
+    results_csv: Path, row: Mapping[str, Any], columns: Sequence[str] | None = None
+) -> None:
     """Add one row; the whole file is rewritten through a temporary file and a rename, so an
     interrupted sweep never leaves a half-written CSV. An exclusive lock on a sibling file
-    lets several sweep processes (``--part``) append to one CSV without losing rows."""
-    columns = [*RESULTS_COLUMNS, "steps", "run_dir"]
+    lets several sweep processes (``--part``) append to one CSV without losing rows.
+    ``columns`` default to the results CSV's."""
+    columns = list(columns or (*RESULTS_COLUMNS, "steps", "run_dir"))
     results_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(results_csv.with_name(results_csv.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -416,3 +424,9 @@ def _non_embedding_parameters(model: SweepModel) -> int:
     from cloud import count_parameters, family
 
     return count_parameters(family(model.flavour, **dict(model.overrides)), embedding=False)
+
+
+def run_downstream_stage(sweep: SweepConfig, *, on_event: Callable[[str], None] = print) -> None:
+    """Fine-tune the sweep's listed checkpoints (``downstream:``), one row each."""
+    if sweep.downstream is not None:
+        run_downstream(sweep.out_dir, sweep.downstream, append_row=append_row, on_event=on_event)
