@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -83,6 +84,8 @@ STATE_DIR = ".build"
 STATE_NAME = "state.json"
 INDEX_NAME = "index.jsonl"
 PARTIAL_SUFFIX = ".partial"
+QUARANTINE_SHOWN = 5
+"""Quarantine lines a build prints at its end; the rest are counted."""
 CHECKPOINT_SECONDS = 5.0
 MAX_RETRIES = 3
 
@@ -495,6 +498,7 @@ class _CorpusWriter:
         settings: dict[str, Any],
         plan: dict[str, int],
         exclusion: _Exclusion | None,
+        fresh: bool = False,
     ) -> None:
         self.out = out
         self.settings = settings
@@ -517,6 +521,8 @@ class _CorpusWriter:
         self._matcher: _StructureMatcher | None = None
         self._last_commit = time.monotonic()
         self._lock = _lock_directory(self.state_dir)
+        if fresh:  # under the lock: never pull files from under a build still running
+            _clear_build(out)
         state = self._load_state()
         self._open(state)
         if state is None:
@@ -534,10 +540,15 @@ class _CorpusWriter:
             return None
         state = json.loads(state_path.read_text())
         if state.get("settings") != self.settings or state.get("plan") != self.plan:
+            if not any(c.get("written") for c in state.get("counts", {}).values()):
+                # Nothing of it would be kept: a retry with the right inputs just starts over.
+                _clear_build(self.out)
+                return self._load_state()
             raise ValueError(
                 f"{self.out} holds an unfinished build with other inputs or settings "
                 f"({_differences(state.get('settings', {}), self.settings) or 'the work plan'}); "
-                "re-run with the same arguments to resume it, or use an empty --out directory"
+                "re-run with the same arguments to resume it, use another --out, or --force "
+                "to start this one afresh"
             )
         return state
 
@@ -808,8 +819,26 @@ def _refuse_foreign_files(out: Path) -> None:
     if foreign:
         raise ValueError(
             f"{out} already holds {foreign[0]} (and {len(foreign) - 1} more) but no build state "
-            "or manifest; use an empty --out directory"
+            "or manifest; use an empty --out directory, or --force to delete them"
         )
+
+
+def _clear_build(out: Path) -> None:
+    """Remove what a build writes to ``out`` (shards, quarantine, manifest, resume state but
+    the lock held by the caller); anything else there stays."""
+    patterns = (
+        "corpus-*.tar",
+        f"corpus-*.tar{PARTIAL_SUFFIX}",
+        QUARANTINE_NAME,
+        MANIFEST_NAME,
+        f".{MANIFEST_NAME}.*.tmp",
+        f"{STATE_DIR}/{STATE_NAME}",
+        f"{STATE_DIR}/{INDEX_NAME}",
+        f"{STATE_DIR}/.*.tmp",
+    )
+    for pattern in patterns:
+        for path in out.glob(pattern):
+            path.unlink()
 
 
 # =============================================================================== Ray
@@ -947,8 +976,15 @@ def build_corpus(
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
     engine: str = "spglib",
     memo_entries: int = DEFAULT_MEMO_ENTRIES,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Build (or resume, or confirm) a sharded corpus in ``out_dir``; returns the manifest.
+
+    ``out_dir`` holding a build with other inputs or settings is refused, unless that build
+    wrote no sample (then it starts afresh) or ``force`` is set: the files a build writes there
+    (shards, quarantine, manifest, resume state) are then removed first; other files stay.
+    With ``progress``, the end says what was quarantined and why (the first few lines of
+    quarantine.jsonl).
 
     ``memo_entries`` bounds the ``SymmetryMemo`` that lets byte-identical cells share one
     symmetry search (0 turns it off); it changes the speed, never the output.
@@ -989,11 +1025,14 @@ def build_corpus(
             "max_length": tokenizer.max_length,
         },
     }
-    finished = _finished_manifest(out, settings)
+    finished = None if force else _finished_manifest(out, settings)
     if finished is not None:
         if progress:
             print(f"corpus: {out} is already complete ({_summary(finished)})", file=sys.stderr)
+            _print_quarantine(out, finished)
         return finished
+    # Past the check, a manifest left there is one to replace (--force, or nothing written).
+    fresh = force or (out / MANIFEST_NAME).is_file()
     out.mkdir(parents=True, exist_ok=True)
     with ray_runtime(ray_address, workers) as concurrency:
         memo = _start_memo(memo_entries)
@@ -1005,7 +1044,7 @@ def build_corpus(
             exclusion = _exclusion(exclude_files, exclusion_options, concurrency, unit_size, memo)
         units = _plan(files, unit_size)
         plan = {"units": len(units), "items": sum(u.n_items for u in units)}
-        writer = _CorpusWriter(out, settings, plan, exclusion)
+        writer = _CorpusWriter(out, settings, plan, exclusion, fresh=fresh)
         options = EncodeOptions(
             variants=variants,
             dedup_key=dedup != "none" or exclusion is not None,
@@ -1044,6 +1083,7 @@ def build_corpus(
             f"{saved} repeated cells took their symmetry from the memo) → {out}",
             file=sys.stderr,
         )
+        _print_quarantine(out, manifest)
     return manifest
 
 
@@ -1097,9 +1137,12 @@ def _finished_manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any] | 
     if (out / STATE_DIR).exists() and manifest.get("settings") == settings:
         shutil.rmtree(out / STATE_DIR, ignore_errors=True)  # killed just after the manifest
     if manifest.get("settings") != settings:
+        if manifest["num_samples"] == 0:
+            return None  # nothing to keep (say, its only input was missing): build afresh
         raise ValueError(
             f"{out} already holds a corpus built with other inputs or settings "
-            f"({_differences(manifest.get('settings', {}), settings)}); use another --out"
+            f"({_differences(manifest.get('settings', {}), settings)}); use another --out, "
+            "or --force to replace it"
         )
     for shard in manifest["shards"]:
         if sha256_file(out / shard["name"]) != shard["sha256"]:
@@ -1119,6 +1162,25 @@ def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
         disable=not (enabled and sys.stderr.isatty()),
         desc="corpus",
     )
+
+
+def _print_quarantine(out: Path, manifest: dict[str, Any], shown: int = QUARANTINE_SHOWN) -> None:
+    """The first ``shown`` quarantine lines on stderr (position, id, reason) and how many
+    more quarantine.jsonl holds: the reasons belong where the user is looking."""
+    total = manifest["quarantine"]["lines"]
+    if not total:
+        return
+    path = out / QUARANTINE_NAME
+    print(f"corpus: quarantined ({path}):", file=sys.stderr)
+    with open(path, encoding="utf-8") as handle:
+        for line in itertools.islice(handle, shown):
+            entry = json.loads(line)
+            where = entry["position"]
+            if entry["source_id"] and entry["source_id"] not in where:
+                where += f" ({entry['source_id']})"
+            print(f"  {where}: {entry['reason']}", file=sys.stderr)
+    if total > shown:
+        print(f"  … and {total - shown} more in {path}", file=sys.stderr)
 
 
 def _summary(manifest: dict[str, Any]) -> str:

@@ -400,6 +400,41 @@ def test_messy_real_inputs_are_quarantined_and_deduplicated(
     assert not any(s["source"] == "mp20_copies" for s in samples)
 
 
+def test_a_failed_build_says_why_and_a_retry_or_force_starts_it_afresh(
+    ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.cli import main
+
+    out = tmp_path / "corpus"
+    missing = [str(tmp_path / f"typo{i}.jsonl") for i in range(7)]
+    assert main(["corpus", "build", *missing, "--out", str(out), "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "0 written, 7 quarantined" in err
+    assert f"{missing[0]}: no such file or directory" in err
+    assert f"{missing[4]}: no such file or directory" in err
+    assert missing[5] not in err and f"… and 2 more in {out / 'quarantine.jsonl'}" in err
+
+    # The retry with the right input builds: the failed build wrote nothing worth keeping.
+    right = jsonl_prefix(SAMPLE, tmp_path / "right.jsonl.gz", 30)
+    build = ["corpus", "build", str(right), "--out", str(out), "--workers", "2"]
+    assert main(build) == 0
+    first = read_manifest(out)
+    assert first["totals"]["read"] == first["totals"]["written"] == 30
+    assert not quarantine_lines(out)
+
+    # A corpus with samples is kept, and the refusal names the way out.
+    capsys.readouterr()
+    assert main([*build, "--shard-size", "10"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert read_manifest(out) == first
+    (out / "notes.txt").write_text("mine")
+    assert main([*build, "--shard-size", "10", "--force"]) == 0
+    forced = read_manifest(out)
+    assert [s["num_samples"] for s in forced["shards"]] == [10, 10, 10]
+    assert sorted(p.name for p in out.glob("corpus-*")) == [s["name"] for s in forced["shards"]]
+    assert (out / "notes.txt").read_text() == "mine"  # --force removes only a build's files
+
+
 def test_exclude_keeps_test_set_structures_out(
     ray_session, tmp_path: Path, shared_data: Path
 ) -> None:

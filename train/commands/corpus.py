@@ -28,8 +28,9 @@ def _register_build(actions: argparse._SubParsersAction) -> None:
             "Read structure files (JSON Lines, JSON, CSV with CIFs, CIF, tar, POSCAR …, "
             "directories recursively), encode them with Ray workers and write "
             "corpus-%06d.tar shards, quarantine.jsonl and manifest.json to --out. "
-            "Killed builds resume when the same command is run again. Put SOURCE... before "
-            "--exclude FILE..., which takes every file name after it."
+            "Killed builds resume when the same command is run again; --out holding a build "
+            "with other inputs or settings is refused unless it wrote nothing or --force is "
+            "given. Put SOURCE... before --exclude FILE..., which takes every file name after it."
         ),
     )
     build.add_argument("sources", nargs="+", metavar="SOURCE", help="structure files or folders")
@@ -89,6 +90,11 @@ def _register_build(actions: argparse._SubParsersAction) -> None:
         help="symmetry analyses kept for byte-identical repeats of a cell (0: off; "
         "default 1,000,000); changes speed, never output",
     )
+    build.add_argument(
+        "--force",
+        action="store_true",
+        help="start --out afresh: delete the shards, quarantine and manifest of an earlier build",
+    )
     build.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
     build.set_defaults(func=run_build)
 
@@ -136,6 +142,7 @@ def run_build(args: argparse.Namespace) -> int:
         symprec=args.symprec,
         engine=args.engine,
         memo_entries=DEFAULT_MEMO_ENTRIES if args.memo_size is None else args.memo_size,
+        force=args.force,
     )
     return 0 if manifest["num_samples"] > 0 else 1
 
