@@ -658,7 +658,7 @@ def model_card(config: Mapping[str, Any], usage: list[str] | None = None) -> str
         "",
         *_section("Training data", metadata.get("training_data")),
         *_section("Training", metadata.get("training")),
-        *_section("Fine-tuning", metadata.get("finetune")),
+        *_section("Fine-tuning", _finetune_facts(metadata.get("finetune"))),
         *_section("Source", metadata.get("source")),
         "## Intended use",
         "",
@@ -712,6 +712,14 @@ def _layout(cloud_config: Mapping[str, Any]) -> str | None:
     if "prenorm" not in cloud_config:
         return None
     return "pre-LN" if cloud_config["prenorm"] else "post-LN (BERT)"
+
+
+def _finetune_facts(finetune: Any) -> Any:
+    """The fine-tuning metadata as the card shows it: an empty unit (a dimensionless target,
+    e.g. matbench_dielectric's refractive index) reads "unitless" instead of nothing."""
+    if not isinstance(finetune, Mapping) or finetune.get("unit") != "":
+        return finetune
+    return {**finetune, "unit": "unitless"}
 
 
 def _json_or_none(values: Mapping[str, Any]) -> str | None:

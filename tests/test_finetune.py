@@ -117,6 +117,27 @@ def test_fine_tuned_model_is_a_normal_export_package(tmp_path: Path) -> None:
     assert package.model.target_mean.item() == 7.5
 
 
+def test_model_card_says_unitless_for_a_dimensionless_target(tmp_path: Path) -> None:
+    model = CloudForPropertyPrediction(_debug_config(), HeadConfig(hidden_sizes=[12]))
+    finetune = {
+        "task": "matbench_dielectric",
+        "target": "n",
+        "unit": get_task("matbench_dielectric").unit,
+    }
+    out = save_pretrained(
+        model.eval(), ScopeTokenizer(), tmp_path / "n", metadata={"finetune": finetune}
+    )
+    card = (out / "README.md").read_text().splitlines()
+    assert "- unit: unitless" in card
+    assert not [line for line in card if line.rstrip().endswith(":") and "unit" in line]
+    assert load_pretrained(out).metadata["finetune"]["unit"] == ""  # the metadata stays exact
+    phonons = {"task": "matbench_phonons", "unit": get_task("matbench_phonons").unit}
+    out = save_pretrained(
+        model.eval(), ScopeTokenizer(), tmp_path / "w", metadata={"finetune": phonons}
+    )
+    assert "- unit: cm⁻¹" in (out / "README.md").read_text().splitlines()
+
+
 # ----------------------------------------------------------------------------- optimisation
 
 
