@@ -394,6 +394,49 @@ def test_aflow_theta_pretraining_leaves_out_the_test_materials() -> None:
     assert losses[-1] < losses[0] and math.isfinite(history.best_val)
 
 
+def test_predictions_csv_names_its_units_and_gives_u_in_kj_per_mol_like_the_report(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    grid = [100.0, 300.0]
+    cv_true = np.array([[20.0, 45.0], [40.0, 95.0]])  # J/(mol K), per mole of cells
+    u_true = np.array([[1500.0, 9000.0], [3100.0, 18500.0]])  # J/mol
+    context = SimpleNamespace(
+        eval_grid=grid,
+        data=SimpleNamespace(ids=["mp-1", "mp-2"], scopes=["s1", "s2"], n_atoms=np.array([2, 4])),
+        split=SimpleNamespace(test=[0, 1]),
+        cv_test=cv_true,
+        u_test=u_true,
+    )
+    cloud_debye = D.MethodCurves(
+        "cloud_debye", "CLOUD-DEBYE", np.array([310.0, 290.0]), cv_true + 1.0, u_true + 250.0, "all"
+    )
+    direct = D.MethodCurves(
+        "direct", "direct MLP", None, np.array([[np.nan, 44.0], [np.nan, 97.0]]), None, "300 K"
+    )
+    D.write_predictions(tmp_path / D.PREDICTIONS_FILE, context, [cloud_debye, direct])
+    with (tmp_path / D.PREDICTIONS_FILE).open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == [
+        "mp_id", "scope", "n_atoms", "cv300_true_J_per_mol_K", "u300_true_kJ_per_mol",
+        "theta_cloud_debye_K", "cv300_cloud_debye_J_per_mol_K", "u300_cloud_debye_kJ_per_mol",
+        "theta_direct_K", "cv300_direct_J_per_mol_K", "u300_direct_kJ_per_mol",
+    ]  # fmt: skip
+    assert float(rows[1]["u300_true_kJ_per_mol"]) == pytest.approx(18.5)
+    assert float(rows[1]["u300_cloud_debye_kJ_per_mol"]) == pytest.approx(18.75)
+    assert float(rows[1]["cv300_direct_J_per_mol_K"]) == pytest.approx(97.0)
+    assert rows[1]["theta_direct_K"] == rows[1]["u300_direct_kJ_per_mol"] == ""
+    # The report's U MAE at 300 K, in kJ/mol, is the mean gap between the CSV's U columns.
+    summary = D.summarise_method(cloud_debye, cv_true, u_true, np.array([2, 4]), grid, (50, 800))
+    gaps = [
+        float(r["u300_cloud_debye_kJ_per_mol"]) - float(r["u300_true_kJ_per_mol"]) for r in rows
+    ]
+    assert summary["u"]["mae_300K_per_cell"] == pytest.approx(np.mean(gaps))
+    table = D.results_table({"eval_temperatures": grid, "methods": {"cloud_debye": summary}})
+    assert "U MAE @300 K, kJ/mol" in table and "0.250" in table
+
+
 @pytest.mark.slow
 def test_cli_end_to_end_on_the_tiny_pretrained_encoder(
     tiny_pretrained: Path, tmp_path: Path
@@ -460,5 +503,5 @@ def test_cli_end_to_end_on_the_tiny_pretrained_encoder(
     assert len(rows) == 24
     batch = D.make_batch(package.tokenizer, [package.tokenizer.encode(rows[0]["scope"])])
     theta = package.model.theta(batch).item()
-    assert theta == pytest.approx(float(rows[0]["theta_cloud_debye"]), rel=1e-5)
+    assert theta == pytest.approx(float(rows[0]["theta_cloud_debye_K"]), rel=1e-5)
     assert "N/A" in (out / "report.md").read_text()

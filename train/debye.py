@@ -74,6 +74,8 @@ THREE_R = 3 * debye.GAS_CONSTANT
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 PREDICTIONS_FILE = "predictions.csv"
+KJ_PER_J = 1e-3
+"""U is reported (results, report, predictions.csv) in kJ/mol; it is computed in J/mol."""
 
 
 # --------------------------------------------------------------------------- config
@@ -1106,7 +1108,7 @@ def summarise_method(
     }
     for quantity, pred, true, scale in (
         ("cv", method.cv, truth_cv, 1.0),
-        ("u", method.u, truth_u, 1e-3),
+        ("u", method.u, truth_u, KJ_PER_J),
     ):
         errors = absolute_errors(pred, true, n_atoms)
         if errors is None:
@@ -1528,13 +1530,19 @@ def save_debye_model(
 
 
 def write_predictions(path: Path, context: RunContext, methods: Sequence[MethodCurves]) -> None:
-    """One CSV row per test material: θ of every Debye method, C_v and U at 300 K."""
+    """One CSV row per test material: θ of every Debye method, C_v and U at 300 K.
+
+    Values are per mole of cells, in the units the column names end with and the report
+    uses: ``theta_<method>_K``, ``cv300_<method>_J_per_mol_K``, ``u300_<method>_kJ_per_mol``
+    (``<method>`` is ``true`` for the targets).
+    """
     import csv
 
     at300 = context.eval_grid.index(SINGLE_TEMPERATURE)
-    columns = ["mp_id", "scope", "n_atoms", "cv300_true", "u300_true"]
+    columns = ["mp_id", "scope", "n_atoms", "cv300_true_J_per_mol_K", "u300_true_kJ_per_mol"]
     for method in methods:
-        columns += [f"theta_{method.name}", f"cv300_{method.name}", f"u300_{method.name}"]
+        name = method.name
+        columns += [f"theta_{name}_K", f"cv300_{name}_J_per_mol_K", f"u300_{name}_kJ_per_mol"]
     data = context.data
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -1545,13 +1553,14 @@ def write_predictions(path: Path, context: RunContext, methods: Sequence[MethodC
                 data.scopes[row],
                 int(data.n_atoms[row]),
                 f"{context.cv_test[k, at300]:.6g}",
-                f"{context.u_test[k, at300]:.6g}",
+                f"{context.u_test[k, at300] * KJ_PER_J:.6g}",
             ]
             for method in methods:
+                u_kj = None if method.u is None else method.u * KJ_PER_J
                 values += [
                     _cell(method.theta, k, None, ".4f"),
                     _cell(method.cv, k, at300, ".6g"),
-                    _cell(method.u, k, at300, ".6g"),
+                    _cell(u_kj, k, at300, ".6g"),
                 ]
             writer.writerow(values)
 
