@@ -206,9 +206,11 @@ def test_the_held_out_run_is_predicted_in_writing_before_it_runs(tmp_path: Path)
     assert scored["measured_loss"] == pytest.approx(float(rows[-1]["val_loss"]))
     # Noise-free runs on the law itself: the extrapolation is exact.
     assert abs(scored["relative_error"]) < 1e-3 and scored["within_target"] is True
+    assert fit["prediction"]["grid_unchanged"] is True
     assert summary["alpha"] == pytest.approx(LAW["alpha"], rel=1e-2)
     report = (tmp_path / "report" / "report.md").read_text()
     assert "A prediction made before the run" in report and "target ±3 %: met" in report
+    assert "still begins with exactly those bytes" in report
     assert (tmp_path / "report" / "loss_vs_compute.png").stat().st_size > 10_000
 
     # Rerunning finds the row: nothing is trained again and the prediction is not rewritten.
@@ -247,3 +249,6 @@ def test_parts_split_the_grid_into_equal_halves_that_cover_it_once(tmp_path: Pat
     for part in (1, 2):
         run_sweep(config, launcher=law_launcher(calls), on_event=lambda _: None, part=(part, 2))
     assert len(calls) == 16 and len(read_rows(config.results_csv)) == 16
+    # Appending never rewrites earlier rows: one line ending throughout.
+    data = config.results_csv.read_bytes()
+    assert data.count(b"\r\n") == 17 and data.count(b"\n") == 17

@@ -387,7 +387,13 @@ def _markdown_prediction(content: dict[str, Any]) -> list[str]:
         f"run of the grid) was trained, the law fitted to the {prediction['fit_runs']} grid runs "
         f"predicted its validation loss: **{prediction['predicted_loss']:.4f}**{interval}. "
         f"The prediction was written to `prediction.json` at {prediction['made_at']}, with the "
-        f"SHA-256 of the grid's CSV it came from (`{prediction['grid_csv_sha256'][:16]}…`).",
+        f"SHA-256 of the grid's CSV it came from (`{prediction['grid_csv_sha256'][:16]}…`); "
+        + (
+            "the CSV fitted here still begins with exactly those bytes."
+            if prediction.get("grid_unchanged")
+            else "**the CSV fitted here no longer begins with those bytes: the grid changed "
+            "after the prediction.**"
+        ),
         "",
     ]
     if prediction.get("measured_loss") is None:

@@ -53,6 +53,7 @@ def make_prediction(
     non-embedding parameters, ``steps`` steps). Refuses a point inside the grid: a prediction
     must extrapolate in both N and D."""
     path = Path(results_csv)
+    grid = path.read_bytes()
     runs = read_results(path).fitted()
     tokens = planned_tokens(runs, steps)
     if n_params <= runs.n_params.max() or tokens <= runs.tokens.max():
@@ -81,7 +82,8 @@ def make_prediction(
         "fit_runs": fit["n_runs"],
         "bootstrap": {"resamples": bootstrap, "seed": seed},
         "grid_csv": str(path),
-        "grid_csv_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "grid_csv_sha256": hashlib.sha256(grid).hexdigest(),
+        "grid_csv_bytes": len(grid),
         "made_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "target_relative_error": TARGET_RELATIVE_ERROR,
     }
@@ -89,6 +91,13 @@ def make_prediction(
 
 def read_prediction(path: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def grid_unchanged(prediction: dict[str, Any], results_csv: str | os.PathLike[str]) -> bool:
+    """Whether ``results_csv`` still begins with the very grid the prediction was fitted to
+    (rows are only ever appended, so the held-out row comes after those bytes)."""
+    data = Path(results_csv).read_bytes()[: prediction["grid_csv_bytes"]]
+    return hashlib.sha256(data).hexdigest() == prediction["grid_csv_sha256"]
 
 
 def score_prediction(prediction: dict[str, Any], runs: ScalingRuns) -> dict[str, Any]:

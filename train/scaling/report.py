@@ -30,7 +30,12 @@ from train.scaling.law import (
 from train.scaling.markdown import render_markdown
 from train.scaling.one_dimensional import fit_one_dimensional_laws
 from train.scaling.plots import write_plots
-from train.scaling.prediction import PREDICTION_FILE, read_prediction, score_prediction
+from train.scaling.prediction import (
+    PREDICTION_FILE,
+    grid_unchanged,
+    read_prediction,
+    score_prediction,
+)
 from train.scaling.results import ScalingRuns, read_results
 
 # Exponents of N_opt ∝ C^a and D_opt ∝ C^b, for context in the report.
@@ -219,7 +224,10 @@ def _scored_prediction(
         if prediction:
             raise ScalingFitError(f"prediction file not found: {path}")
         return None
-    return score_prediction(read_prediction(path), runs)
+    prediction_made = read_prediction(path)
+    scored = score_prediction(prediction_made, runs)
+    scored["grid_unchanged"] = grid_unchanged(prediction_made, results_csv)
+    return scored
 
 
 def _downstream(

@@ -251,7 +251,9 @@ def append_row(
     results_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(results_csv.with_name(results_csv.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        existing = results_csv.read_text() if results_csv.is_file() else ""
+        # newline="": read_text() would turn the csv module's \r\n into \n, rewriting every
+        # earlier row on each append.
+        existing = _read_verbatim(results_csv) if results_csv.is_file() else ""
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
         if not existing:
@@ -430,3 +432,8 @@ def run_downstream_stage(sweep: SweepConfig, *, on_event: Callable[[str], None] 
     """Fine-tune the sweep's listed checkpoints (``downstream:``), one row each."""
     if sweep.downstream is not None:
         run_downstream(sweep.out_dir, sweep.downstream, append_row=append_row, on_event=on_event)
+
+
+def _read_verbatim(path: Path) -> str:
+    with path.open(newline="") as handle:
+        return handle.read()
