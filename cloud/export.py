@@ -317,7 +317,8 @@ def _check_writable(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(
-            f"{out} exists and is not empty; choose another directory or overwrite"
+            f"{out} exists and is not empty; choose another directory, or replace it with "
+            "--force (overwrite=True in Python)"
         )
 
 

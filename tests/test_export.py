@@ -151,6 +151,19 @@ def test_existing_package_is_not_replaced_without_overwrite(debug_model, tmp_pat
     assert load_pretrained(out).metadata["training"]["steps"] == 2
 
 
+def test_export_refuses_to_replace_a_package_and_names_force(
+    debug_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = save_pretrained(debug_model, ScopeTokenizer(), tmp_path / "pkg")
+    export = ["export", str(package), "--out", str(tmp_path / "again")]
+    assert main(export) == 0
+    capsys.readouterr()
+    assert main(export) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--force" in err
+    assert main([*export, "--force"]) == 0
+
+
 def tamper(path: Path, offset: int = -5) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x01
