@@ -560,15 +560,17 @@ def test_rows_of_an_excluded_task_are_never_trained_on(tmp_path: Path) -> None:
 
 
 def test_predict_with_a_pretrained_package_is_one_clear_line(
-    tiny_pretrained: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from train.cli import main
 
+    package = save_pretrained(CloudForMaskedLM(_debug_config()), ScopeTokenizer(), tmp_path / "pt")
     sample = REPO / "data/matbench/matbench_phonons_sample.json.gz"
-    code = main(["predict", "--checkpoint", str(tiny_pretrained), "--input", str(sample)])
+    code = main(["predict", "--checkpoint", str(package), "--input", str(sample)])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.count("\n") == 0 and "Traceback" not in err
-    assert "not a fine-tuned" in err and "cloud finetune" in err
-    with pytest.raises(ValueError, match="not a fine-tuned"):  # --debug shows the real error
-        main(["--debug", "predict", "--checkpoint", str(tiny_pretrained), "--input", str(sample)])
+    assert f"{package} is a pretrained package" in err and "no prediction head" in err
+    assert f"cloud finetune --checkpoint {package} --task TASK" in err
+    with pytest.raises(ValueError, match="no prediction head"):  # --debug shows the real error
+        main(["--debug", "predict", "--checkpoint", str(package), "--input", str(sample)])

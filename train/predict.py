@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import torch
 
 from cloud.heads import CloudForPropertyPrediction
+from cloud.model import CloudForMaskedLM
 
 BATCH_SIZE = 256
 
@@ -69,9 +70,16 @@ def load_predictor(path: str | os.PathLike[str], device: str = "auto") -> Predic
         path = path / "model"
     package = load_pretrained(path)
     if not isinstance(package.model, CloudForPropertyPrediction):
+        kind = type(package.model).__name__
+        if isinstance(package.model, CloudForMaskedLM):
+            raise ValueError(
+                f"{path} is a pretrained package ({kind}), not a fine-tuned one: it has no "
+                f"prediction head; fine-tune it first: cloud finetune --checkpoint {path} "
+                "--task TASK (cloud finetune --list-tasks names the tasks)"
+            )
         raise ValueError(
-            f"{path} holds a {type(package.model).__name__}, not a fine-tuned "
-            "CloudForPropertyPrediction; fine-tune it first with `cloud finetune`"
+            f"{path} holds a {kind}, not a fine-tuned CloudForPropertyPrediction; "
+            "cloud predict runs the packages that cloud finetune writes"
         )
     finetune = package.metadata.get("finetune") or {}
     target_device = resolve_device(device)
