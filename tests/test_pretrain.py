@@ -151,6 +151,22 @@ def test_cli_registers_pretrain() -> None:
     assert args.overrides == ["optim.lr=1e-3"] and args.resume and callable(args.func)
 
 
+def test_overrides_may_follow_resume_on_both_command_lines(monkeypatch) -> None:
+    import train.pretrain
+    from train.cli import build_parser, parse_arguments
+
+    line = ["--config", str(DEBUG), "optim.lr=1e-3", "--resume", "train.max_steps=5", "seed=3"]
+    args = parse_arguments(build_parser(), ["pretrain", *line])
+    assert args.resume and args.overrides == ["optim.lr=1e-3", "train.max_steps=5", "seed=3"]
+    with pytest.raises(SystemExit):  # an unknown option is still an error
+        parse_arguments(build_parser(), ["pretrain", *line, "--restart"])
+
+    seen = []
+    monkeypatch.setattr(train.pretrain, "main_from_args", seen.append)
+    train.pretrain.main(["--local_rank=0", *line])  # as the deepspeed launcher calls it
+    assert seen[0].resume and seen[0].overrides == args.overrides
+
+
 # --------------------------------------------------------------------- checkpoint (fast)
 
 

@@ -38,9 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, except that a command's KEY=VALUE overrides may stand
+    anywhere among its options (``pretrain --config X a=1 --resume b=2``), kept in order.
+
+    argparse fills a ``nargs="*"`` positional from one run of arguments only and returns the
+    runs after a later option as unrecognised; those are the rest of the overrides. Anything
+    else left over is argparse's usual "unrecognized arguments" error.
+    """
+    args, extras = parser.parse_known_args(argv)
+    overrides = getattr(args, "overrides", None)
+    if extras and isinstance(overrides, list) and not any(e.startswith("-") for e in extras):
+        args.overrides = [*overrides, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:

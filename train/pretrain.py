@@ -1053,7 +1053,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m train.pretrain", description=__doc__)
     add_arguments(parser)
-    return main_from_args(parser.parse_args(argv))
+    # Intermixed: overrides may also follow --resume (no subcommands here, so argparse can).
+    return main_from_args(parser.parse_intermixed_args(argv))
 
 
 if __name__ == "__main__":
