@@ -10,16 +10,50 @@ from collections.abc import Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
     "train.commands.scope",
-    "train.commands.scaling",
     "train.commands.corpus",
-    "train.commands.export",
-    "train.commands.submit",
     "train.commands.pretrain",
+    "train.commands.export",  # export, then import-hf
     "train.commands.finetune",
     "train.commands.predict",
     "train.commands.debye",
+    "train.commands.scaling",
+    "train.commands.submit",
     "train.commands.demo",
 )
+"""In pipeline order, which is the order ``cloud --help`` lists the commands in."""
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that ends an option's line with "(default: …)" where there is a default to tell:
+    not None, not a flag's False, not empty, and not where the help text speaks of it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default, text = action.default, action.help or ""
+        if (
+            not action.option_strings
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or (isinstance(default, list | tuple) and not default)
+            or "default" in text.lower()
+        ):
+            return action.help
+        shown = ", ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every parser below it ``DefaultsHelpFormatter``, keeping each one's
+    own formatter otherwise (raw descriptions stay raw)."""
+    if not issubclass(parser.formatter_class, DefaultsHelpFormatter):
+        own = parser.formatter_class
+        parser.formatter_class = type(
+            f"{own.__name__}WithDefaults", (DefaultsHelpFormatter, own), {}
+        )
+    for action in parser._actions:  # argparse has no public accessor for subcommands
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                show_defaults(subparser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    show_defaults(parser)
     return parser
 
 
