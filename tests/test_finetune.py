@@ -294,6 +294,44 @@ def test_an_ensemble_averages_members_that_differ(tmp_path: Path, tiny_pretraine
     assert pair.predictions != single.predictions
 
 
+def test_fine_tuning_logs_one_progress_line_per_epoch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import re
+
+    data = load_task("matbench_dielectric", NO_ROOT)
+    torch.manual_seed(0)
+    config = _config(
+        tmp_path,
+        tmp_path,
+        epochs=3,
+        patience=0,
+        freeze_encoder_epochs=1,
+        max_train_rows=64,
+        baselines=["random_init"],
+    )
+    with caplog.at_level(logging.INFO, logger="train.finetune"):
+        result = FT.finetune_fold(
+            data, 0, CloudForMaskedLM(_debug_config()), ScopeTokenizer(), config
+        )
+    line = re.compile(
+        r"(?P<run>.+) epoch (?P<epoch>\d+)/3(?P<frozen> \(encoder frozen\))?: train loss \S+, "
+        r"val mae \S+ \(best \S+ at epoch \d\), \d+ s"
+    )
+    matches = [line.fullmatch(record.getMessage()) for record in caplog.records]
+    runs = [(m["run"], int(m["epoch"]), bool(m["frozen"])) for m in matches if m]
+    fold = "matbench_dielectric fold_0"
+    baseline = f"{fold} random-init baseline"
+    assert runs == [
+        (fold, 1, True), (fold, 2, False), (fold, 3, False),
+        (baseline, 1, True), (baseline, 2, False), (baseline, 3, False),
+    ]  # fmt: skip
+    last_of_fold = next(m.string for m in matches if m and m["run"] == fold and m["epoch"] == "3")
+    best = f"(best {result.best_val:.4g} at epoch {result.parameters['best_epoch']})"
+    assert best in last_of_fold
+
+
 def test_unknown_baselines_and_empty_ensembles_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown baselines"):
         _config(tmp_path, tmp_path, baselines=["gnn"])

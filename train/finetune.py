@@ -433,12 +433,15 @@ def finetune_fold(
     encoded: Encoded | None = None,
     observer: Observer | None = None,
     writer: Any = None,
+    label: str | None = None,
 ) -> FoldResult:
     """Fine-tune on one fold of ``data`` and predict its test fold once.
 
     ``pretrained`` is a ``CloudForMaskedLM`` (or anything with a CLOUD ``encoder``).
-    ``observer(stage, ids)`` sees the ids of every batch fed to the model. The caller's
-    global RNG state and thread count are left as they were.
+    ``observer(stage, ids)`` sees the ids of every batch fed to the model. Every epoch logs
+    one INFO line (epoch, train loss, validation score, best so far, elapsed seconds) that
+    starts with ``label`` (default "<task> <fold>"). The caller's global RNG state and thread
+    count are left as they were.
     """
     device = resolve_device(config.device)
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -446,6 +449,7 @@ def finetune_fold(
         encoder = getattr(pretrained, "encoder", pretrained)
         max_length = encoder.config.max_position_embeddings
         encoded = encoded or encode_examples(data, tokenizer, max_length)
+        label = label or f"{data.task.name} {data.fold(fold_index).name}"
         trainers = []
         for member in range(config.ensemble):
             torch.manual_seed(config.seed * 1000 + fold_index + 7919 * member)
@@ -453,6 +457,9 @@ def finetune_fold(
                 data, fold_index, pretrained, tokenizer, config, encoded, device, member
             )
             trainer.observer = observer
+            trainer.label = label
+            if config.ensemble > 1:
+                trainer.label += f" member {member + 1}/{config.ensemble}"
             trainer.fit(writer if member == 0 else None)
             trainers.append(trainer)
         result = _ensemble_test(trainers)
@@ -468,6 +475,7 @@ def finetune_fold(
                 tokenizer,
                 random_config,
                 encoded=encoded,
+                label=f"{label} random-init baseline",
             )
             result.baselines["random_init"] = BaselineResult(
                 random_result.predictions, random_result.scores
@@ -561,6 +569,8 @@ class _FoldTrainer:
         self.fold_index, self.member = fold_index, member
         self.tokenizer, self.encoded, self.device = tokenizer, encoded, device
         self.observer: Observer | None = None
+        self.label = ""
+        """Starts each per-epoch log line (``finetune_fold`` names the task and fold)."""
         self.rows = _fold_rows(data, fold_index, encoded, config)
         self.guard = LeakGuard(self.rows.split.test_ids)
         self.classes = _classes(self.task, data, [*self.rows.train, *self.rows.val])
@@ -590,6 +600,7 @@ class _FoldTrainer:
         rng_seed = [config.seed, self.fold_index] + ([self.member] if self.member else [])
         rng = np.random.default_rng(rng_seed)
         best_state, stale, step = None, 0, 0
+        started = time.perf_counter()
         for epoch in range(1, config.epochs + 1):
             frozen = epoch <= config.freeze_encoder_epochs
             self._set_train_mode(frozen)
@@ -609,8 +620,22 @@ class _FoldTrainer:
                 best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             else:
                 stale += 1
-                if config.patience and stale >= config.patience and not frozen:
-                    break
+            # A fold can take many minutes: say how it goes, once an epoch.
+            logger.info(
+                "%s epoch %d/%d%s: train loss %.4g, %s %.4g (best %.4g at epoch %d), %.0f s",
+                self.label,
+                epoch,
+                config.epochs,
+                " (encoder frozen)" if frozen else "",
+                record["train/loss"],
+                "val mae" if self.task.is_regression else "val loss",
+                monitored,
+                self.best_val,
+                self.best_epoch,
+                time.perf_counter() - started,
+            )
+            if config.patience and stale >= config.patience and not frozen:
+                break
         self.model.encoder.requires_grad_(True)
         if best_state is not None:
             self.model.load_state_dict(best_state)
