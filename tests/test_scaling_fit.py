@@ -347,3 +347,22 @@ def test_the_loss_plot_promises_dotted_laws_only_when_it_draws_them() -> None:
     assert "dotted" in loss_plot_title("model size", True)
     assert "dotted" not in loss_plot_title("model size", False)
     assert "too few runs" in loss_plot_title("tokens", False)
+
+
+def test_interpolated_isoflop_view_recovers_the_allocation_of_a_rectangular_grid() -> None:
+    from train.scaling.isoflop import interpolated_isoflop_analysis
+
+    # A rectangular grid whose budgets bracket the optimum: 8 sizes × 8 token counts, with
+    # Chinchilla's law; the anti-diagonals do not share compute exactly.
+    n_params, tokens = np.meshgrid(
+        np.geomspace(1e7, 3e9, 8), np.geomspace(3e8, 3e11, 8), indexing="ij"
+    )
+    n_params, tokens = n_params.ravel(), tokens.ravel()
+    losses = predict_loss(CHINCHILLA_PARAMETERS, n_params, tokens)
+    result = interpolated_isoflop_analysis(n_params, tokens, losses)
+    expected = compute_optimal_allocation(
+        **{k: CHINCHILLA_PARAMETERS[k] for k in ("alpha", "beta", "A", "B")}
+    )
+    assert result["interpolated"] is True and result["n_minima_used"] >= 2
+    assert result["a"] == pytest.approx(expected["a"], abs=0.06)
+    assert result["a"] + result["b"] == pytest.approx(1.0)

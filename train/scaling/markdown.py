@@ -282,10 +282,22 @@ def _markdown_isoflop(content: dict[str, Any]) -> list[str]:
             "check (Hoffmann's approach 2).",
             "",
         ]
+    if isoflop.get("interpolated"):
+        method = (
+            "The grid's runs rarely share a compute budget, so each isoFLOP curve is read off "
+            "the grid: at each budget C, every model size whose token count C/(6N) lies inside "
+            "its sampled range contributes its loss interpolated (log-log) between its two "
+            "nearest runs; a parabola in log N through each curve gives the model size with the "
+            "lowest loss for that budget."
+        )
+    else:
+        method = (
+            f"Runs within {isoflop['rel_tol']:.0%} of the same compute "
+            f"({isoflop['compute_source']}) form one isoFLOP curve; a parabola in log N "
+            "through each curve gives the model size with the lowest loss for that budget."
+        )
     lines += [
-        f"Runs within {isoflop['rel_tol']:.0%} of the same compute ({isoflop['compute_source']}) "
-        "form one isoFLOP curve; a parabola in log N through each curve gives the model size "
-        "with the lowest loss for that budget.",
+        method,
         "",
         "| compute C | model sizes | N_opt (parabola) | loss at N_opt | minimum inside sampled sizes |",
         "|---|---|---|---|---|",
@@ -311,7 +323,9 @@ def _markdown_isoflop(content: dict[str, Any]) -> list[str]:
     else:
         lines.append(
             "Fewer than two budgets have a minimum inside their sampled sizes, so no exponent "
-            "is estimated from the isoFLOP curves."
+            "is estimated from the isoFLOP curves: the grid does not bracket the compute-optimal "
+            "size at its budgets. Runs that do (several sizes at a few fixed budgets, around "
+            "the 2-D law's N_opt) would give this independent check."
         )
     return [*lines, ""]
 

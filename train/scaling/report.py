@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike
 from train.common.files import atomic_write_text
 from train.scaling.budget import cpu_budgets, gpu_budget
 from train.scaling.downstream import DOWNSTREAM_FILE, downstream_summary, read_downstream
-from train.scaling.isoflop import isoflop_analysis
+from train.scaling.isoflop import interpolated_isoflop_analysis, isoflop_analysis
 from train.scaling.law import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_N_STARTS,
@@ -182,12 +182,7 @@ def write_report(
             **_loss_terms_at(fit, runs.n_params[largest], runs.tokens[largest]),
         },
         "one_dimensional": fit_one_dimensional_laws(runs.n_params, runs.tokens, runs.val_loss),
-        "isoflop": isoflop_analysis(
-            runs.n_params,
-            runs.tokens,
-            runs.val_loss,
-            flops=runs.flops if complete_flops else None,
-        ),
+        "isoflop": _isoflop_view(runs, complete_flops),
         "references": {
             "exponents": [dict(r) for r in REFERENCE_EXPONENTS],
             "chinchilla_parameters": dict(CHINCHILLA_PARAMETERS),
@@ -212,6 +207,21 @@ def write_report(
     text = json.dumps(_json_ready(content), indent=2, allow_nan=False) + "\n"
     atomic_write_text(out / "fit.json", text)
     return content
+
+
+def _isoflop_view(runs: ScalingRuns, complete_flops: bool) -> dict[str, Any]:
+    """Approach 2 on budgets the runs share; on a rectangular grid, whose runs rarely share
+    one, on budgets interpolated along each model's token axis instead."""
+    shared = isoflop_analysis(
+        runs.n_params,
+        runs.tokens,
+        runs.val_loss,
+        flops=runs.flops if complete_flops else None,
+    )
+    if shared["a"] is not None:
+        return shared
+    interpolated = interpolated_isoflop_analysis(runs.n_params, runs.tokens, runs.val_loss)
+    return interpolated if interpolated["a"] is not None else shared
 
 
 def _scored_prediction(
