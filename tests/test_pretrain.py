@@ -152,6 +152,7 @@ def test_cli_registers_pretrain() -> None:
 
 
 def test_overrides_may_follow_resume_on_both_command_lines(monkeypatch) -> None:
+    import train.cli
     import train.pretrain
     from train.cli import build_parser, parse_arguments
 
@@ -161,9 +162,10 @@ def test_overrides_may_follow_resume_on_both_command_lines(monkeypatch) -> None:
     with pytest.raises(SystemExit):  # an unknown option is still an error
         parse_arguments(build_parser(), ["pretrain", *line, "--restart"])
 
+    # As the deepspeed launcher starts it: python -m train.cli pretrain --local_rank=0 ...
     seen = []
-    monkeypatch.setattr(train.pretrain, "main_from_args", seen.append)
-    train.pretrain.main(["--local_rank=0", *line])  # as the deepspeed launcher calls it
+    monkeypatch.setattr(train.pretrain, "main_from_args", lambda a: seen.append(a) or 0)
+    assert train.cli.main(["pretrain", "--local_rank=0", *line]) == 0
     assert seen[0].resume and seen[0].overrides == args.overrides
 
 

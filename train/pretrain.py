@@ -4,7 +4,7 @@ Entry points:
 
 * ``cloud pretrain --config configs/pretrain/tiny.yaml [optim.lr=3e-4 ...] [--resume]``, under
   ``torchrun --nproc-per-node N $(which cloud) pretrain ...`` or without a launcher;
-  ``deepspeed --module train.pretrain --config ...`` for the DeepSpeed launcher (which adds
+  ``deepspeed --module train.cli pretrain --config ...`` for the DeepSpeed launcher (which adds
   ``--local_rank``, accepted here).
 * :func:`run_pretraining` (in-process, any world size, repeatable in one process) and
   :func:`launch` (runs ``torchrun`` in a subprocess and returns the run's ``summary.json``);
@@ -987,7 +987,7 @@ def launch(
     timeout: float | None = None,
     log_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Run ``torchrun -m train.pretrain`` in a subprocess and return its ``summary.json``.
+    """Run ``torchrun -m train.cli pretrain`` in a subprocess and return its ``summary.json``.
 
     Each run gets a fresh process (and free loopback port), so nothing leaks between runs of a
     sweep. Output goes to ``log_path`` (default ``<run_dir>/launch.log``); a failed run raises
@@ -1007,7 +1007,8 @@ def launch(
         "--master-addr=127.0.0.1",
         f"--master-port={free_port()}",
         "-m",
-        "train.pretrain",
+        "train.cli",
+        "pretrain",
         "--config",
         str(config_path),
         *overrides,
@@ -1046,16 +1047,3 @@ def main_from_args(args: argparse.Namespace) -> int:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from train.commands.pretrain import add_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m train.pretrain", description=__doc__)
-    add_arguments(parser)
-    # Intermixed: overrides may also follow --resume (no subcommands here, so argparse can).
-    return main_from_args(parser.parse_intermixed_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

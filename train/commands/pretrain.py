@@ -2,7 +2,7 @@
 
 Single process: ``cloud pretrain --config configs/pretrain/debug.yaml data.corpus=DIR``.
 Several: ``torchrun --nproc-per-node 2 $(which cloud) pretrain --config ...``, or with the
-DeepSpeed launcher ``deepspeed --module train.pretrain --config ...``.
+DeepSpeed launcher ``deepspeed --module train.cli pretrain --config ...``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared by ``cloud pretrain`` and ``python -m train.pretrain``."""
+    """Arguments of ``cloud pretrain`` (also ``python -m train.cli pretrain``, as torchrun and
+    the DeepSpeed launcher start it)."""
     parser.add_argument(
         "--config", required=True, help="YAML run config, e.g. configs/pretrain/tiny.yaml"
     )
