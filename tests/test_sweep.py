@@ -118,6 +118,26 @@ def test_downstream_fine_tunes_the_listed_checkpoints_once_each(sweep, tmp_path:
     assert (tmp_path / "report" / "downstream.png").stat().st_size > 10_000
 
 
+def test_a_downstream_claim_keeps_a_second_process_off_a_checkpoint(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from train.scaling.downstream import _claim
+
+    path = tmp_path / "downstream" / "tiny-s2000.claim"
+    mine = _claim(path)
+    assert mine == path and path.read_text() == f"{socket.gethostname()} {os.getpid()}"
+    assert _claim(path) is None  # held by a live process (this one)
+    # A claim left by a process that has exited is taken over.
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    path.write_text(f"{socket.gethostname()} {gone.stdout.strip()}")
+    assert _claim(path) == path
+
+
 def test_sweep_config_refuses_unknown_keys_and_empty_axes(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"base_config": "x.yaml", "models": [], "steps": [1], "lr": 1}))

@@ -104,8 +104,15 @@ def run_downstream(
         if name not in rows:
             on_event(f"{label}: its pretraining run has no row in results.csv yet; left for later")
             continue
+        claim = _claim(out / "downstream" / f"{name}.claim")
+        if claim is None:
+            on_event(f"{label}: another live process is fine-tuning it; left to that process")
+            continue
         on_event(f"{label}: exporting and fine-tuning")
-        summary, finetune_dir = _finetune(out, name, downstream)
+        try:
+            summary, finetune_dir = _finetune(out, name, downstream)
+        finally:
+            claim.unlink(missing_ok=True)
         score = summary["scores"][summary["metric"]]
         pretraining = rows[name]
         append_row(
@@ -129,6 +136,41 @@ def run_downstream(
         )
         on_event(f"{label}: {summary['metric']} {score['mean']:.4g} ± {score['std']:.3g}")
     return table
+
+
+def _claim(path: Path) -> Path | None:
+    """Claim one checkpoint's fine-tuning for this process (a file naming host and pid, made
+    with O_EXCL), so several ``cloud scaling downstream`` processes share the list; a claim
+    whose process is gone (same host) is taken over. None: a live process holds it."""
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            host, _, pid = path.read_text().partition(" ")
+            if host != socket.gethostname() or _alive(int(pid or 0)):
+                return None
+            path.unlink(missing_ok=True)  # its process died: take the claim over
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(me)
+        return path
+    return None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _finetune(out: Path, name: str, downstream: DownstreamConfig) -> tuple[dict[str, Any], Path]:
