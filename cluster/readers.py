@@ -245,7 +245,16 @@ def _expand(path: Path) -> tuple[list[Path], list[InputFile]]:
         where = error.filename or str(path)
         unreadable.append(InputFile(str(where), ERROR, error=f"unreadable directory: {error}"))
 
+    # Symlinked folders are followed (datasets are often assembled from links), so a link back
+    # up the tree (``sub/up -> ..``) would make the walk endless: each real folder is entered
+    # once, by the first path that reaches it.
+    visited: set[tuple[int, int]] = set()
     for root, dirs, names in os.walk(path, onerror=report, followlinks=True):
+        status = os.stat(root)
+        if (status.st_dev, status.st_ino) in visited:
+            dirs[:] = []
+            continue
+        visited.add((status.st_dev, status.st_ino))
         # Hidden entries are VCS folders, editor swap files and macOS resource forks.
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(root) / n for n in names if not n.startswith("."))

@@ -726,6 +726,26 @@ def test_discover_keeps_order_and_lists_each_file_once(mixed_inputs: Path) -> No
     assert [f.format for f in files[1:]] == ["jsonl", "csv"] + ["cif"] * 5 + ["error", "tar"]
 
 
+def test_a_symlink_loop_is_walked_once_and_the_walk_ends(tmp_path: Path) -> None:
+    import multiprocessing
+
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "top.cif").write_text("data_x\n")
+    (data / "sub" / "inner.cif").write_text("data_y\n")
+    (data / "sub" / "up").symlink_to("..")
+    (data / "sub" / "again").symlink_to(".")
+    linked = tmp_path / "elsewhere"
+    linked.mkdir()
+    (linked / "linked.cif").write_text("data_z\n")
+    (data / "link").symlink_to(linked)  # a folder reached only through a link is still read
+    # In a child process, so a regression fails the test instead of hanging the suite.
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        files = pool.apply_async(discover, ([data],)).get(timeout=30)
+    names = sorted(Path(f.path).name for f in files)
+    assert names == ["inner.cif", "linked.cif", "top.cif"]
+
+
 def test_byte_order_marks_do_not_hide_columns_or_blocks(
     tmp_path: Path, real_structures: list[Structure]
 ) -> None:
