@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,31 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
     bad.write_text("optim:\n  lr: 1.0\n  warmup: 3\n")
     with pytest.raises(ValueError, match=r"bad.yaml: unknown config key\(s\) \['warmup'\]"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "checkpoint.interval=-1",
+        "checkpoint.keep_last=-1",
+        "train.eval_interval=-2",
+        "optim.warmup_steps=-3",
+        "data.max_length=2",
+        "optim.lr=0",
+        "optim.beta2=1.0",
+        "system.cpu_threads=-1",
+    ],
+)
+def test_an_out_of_range_setting_is_refused_by_name(override: str, capsys) -> None:
+    from train.cli import main
+
+    key, _, value = override.partition("=")
+    with pytest.raises(ValueError, match=rf"{re.escape(key)} must be .*, got {re.escape(value)}"):
+        load_config(DEBUG, [override])
+    # On the command line: one line naming the key, exit status 2, no training started.
+    assert main(["pretrain", "--config", str(DEBUG), override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and key in err[0]
 
 
 def test_lr_schedule() -> None:

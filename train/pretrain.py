@@ -201,6 +201,30 @@ class LoggingSection:
     """Level of DeepSpeed's own logger."""
 
 
+# [CLS] + [SEP] + a few words: a shorter max_length leaves nothing to mask.
+MIN_MAX_LENGTH = 8
+
+
+def _long_enough(value: int) -> bool:
+    return value >= MIN_MAX_LENGTH
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _fraction(value: float) -> bool:
+    return 0 <= value <= 1
+
+
+def _decay(value: float) -> bool:
+    return 0 <= value < 1
+
+
 @dataclass
 class PretrainConfig:
     """Everything a pre-training run needs; loaded from YAML by :func:`load_config`."""
@@ -232,8 +256,37 @@ class PretrainConfig:
             problems.append(f"system.precision must be auto, bf16 or fp32: {self.system.precision}")
         if self.system.attention_backend not in ATTENTION_BACKENDS:
             problems.append(f"system.attention_backend must be one of {ATTENTION_BACKENDS}")
+        problems += [
+            f"{name} must be {rule}, got {value}"
+            for name, value, valid, rule in self._ranges()
+            if value is not None and not valid(value)
+        ]
         if problems:
             raise ValueError("invalid pretrain config: " + "; ".join(problems))
+
+    def _ranges(self) -> list[tuple[str, Any, Any, str]]:
+        """(key, value, predicate, rule) for every numeric setting with a valid range."""
+        d, o, t, c = self.data, self.optim, self.train, self.checkpoint
+        return [
+            ("data.max_length", d.max_length, _long_enough, f">= {MIN_MAX_LENGTH}"),
+            ("data.val_shards", d.val_shards, _non_negative, ">= 0"),
+            ("data.eval_batches", d.eval_batches, _non_negative, ">= 0 (0: all)"),
+            ("data.num_workers", d.num_workers, _non_negative, ">= 0"),
+            ("data.shuffle_buffer", d.shuffle_buffer, _non_negative, ">= 0"),
+            ("optim.lr", o.lr, _positive, "> 0"),
+            ("optim.min_lr_ratio", o.min_lr_ratio, _fraction, "in [0, 1]"),
+            ("optim.warmup_steps", o.warmup_steps, _non_negative, ">= 0"),
+            ("optim.weight_decay", o.weight_decay, _non_negative, ">= 0"),
+            ("optim.beta1", o.beta1, _decay, "in [0, 1)"),
+            ("optim.beta2", o.beta2, _decay, "in [0, 1)"),
+            ("optim.eps", o.eps, _positive, "> 0"),
+            ("optim.grad_clip", o.grad_clip, _non_negative, ">= 0 (0: no clipping)"),
+            ("train.eval_interval", t.eval_interval, _non_negative, ">= 0 (0: only at the end)"),
+            ("train.stop_at_step", t.stop_at_step, _positive, ">= 1"),
+            ("checkpoint.interval", c.interval, _non_negative, ">= 0 (0: only the final save)"),
+            ("checkpoint.keep_last", c.keep_last, _non_negative, ">= 0 (0: keep all)"),
+            ("system.cpu_threads", self.system.cpu_threads, _non_negative, ">= 0 (0: automatic)"),
+        ]
 
     @property
     def checkpoint_dir(self) -> Path:
