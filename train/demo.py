@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from train.common.paths import REPO, env_with_repository
+
 DATA = REPO / "data"
 STAGE_FILE = "stage.json"
 
@@ -71,8 +72,7 @@ def cloud_command(*args: str) -> list[str]:
 
 
 def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env = env_with_repository()
     env.setdefault("DS_ACCELERATOR", "cpu")
     # Ray listens on loopback only.
     env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

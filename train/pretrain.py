@@ -43,6 +43,7 @@ import torch
 from cloud import CloudConfig, CloudForMaskedLM, count_parameters, family
 from cloud.model import IGNORE_INDEX
 from train import checkpoint as ckpt
+from train.common.paths import env_with_repository
 from train.config import apply_overrides, build_config, read_yaml_mapping
 from train.distributed import (
     DistInfo,
@@ -1067,12 +1068,7 @@ def launch(
         *overrides,
         *(["--resume"] if resume else []),
     ]
-    child_env = {**os.environ, **(env or {})}
-    # The child must import this repository's packages whatever its working directory.
-    repo = str(Path(__file__).resolve().parents[1])
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (repo, child_env.get("PYTHONPATH", "")) if p
-    )
+    child_env = env_with_repository({**os.environ, **(env or {})})
     if not torch.cuda.is_available():
         child_env.setdefault("DS_ACCELERATOR", "cpu")
     log_file = Path(log_path) if log_path else run_dir / "launch.log"

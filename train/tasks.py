@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from train.common.paths import REPO
+
 SAMPLE_ROOT = REPO / "data"
 """The small real sample shipped with the repository."""
 MATBENCH_FOLDS_FILE = "matbench/matbench_v0.1_validation_dielectric_phonons.json"
