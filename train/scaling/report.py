@@ -36,7 +36,7 @@ from train.scaling.prediction import (
     read_prediction,
     score_prediction,
 )
-from train.scaling.results import ScalingRuns, read_results
+from train.scaling.results import FIT_ROLE, ScalingRuns, read_results
 
 # Exponents of N_opt ∝ C^a and D_opt ∝ C^b, for context in the report.
 REFERENCE_EXPONENTS: tuple[dict[str, Any], ...] = (
@@ -253,8 +253,9 @@ def _downstream(
 
 
 def run_table(runs: ScalingRuns) -> list[dict[str, Any]]:
-    """One entry per run, in CSV order: what the report's table of runs shows."""
-    return [
+    """One entry per run, grid runs by size then tokens, held-out runs last: what the
+    report's table of runs shows."""
+    rows = [
         {
             "flavour": runs.flavour[i],
             "role": runs.role[i],
@@ -268,6 +269,7 @@ def run_table(runs: ScalingRuns) -> list[dict[str, Any]]:
         }
         for i in range(len(runs))
     ]
+    return sorted(rows, key=lambda row: (row["role"] != FIT_ROLE, row["N"], row["tokens"]))
 
 
 # A parameter whose 95 % interval spans more than this factor (scales) or more than its own
