@@ -365,9 +365,10 @@ def weights_to_store(
 
 
 def dedupe_tensors(
-    state: Mapping[str, Tensor], dtype: torch.dtype = torch.float32
+    state: Mapping[str, Tensor], dtype: torch.dtype | None = torch.float32
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """``weights_to_store`` for any state dict: aliases dropped (and reported), views copied."""
+    """``weights_to_store`` for any state dict: aliases dropped (and reported), views copied;
+    ``dtype=None`` keeps every tensor's own dtype."""
     tensors: dict[str, Tensor] = {}
     tied: dict[str, str] = {}
     first_name: dict[tuple, str] = {}
@@ -385,7 +386,7 @@ def dedupe_tensors(
             continue
         first_name[identity] = name
         stored = tensor.detach().to("cpu")
-        if stored.is_floating_point():
+        if dtype is not None and stored.is_floating_point():
             stored = stored.to(dtype)
         stored = stored.contiguous()
         if stored.untyped_storage().data_ptr() in kept_storages:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -397,8 +399,6 @@ def test_aflow_theta_pretraining_leaves_out_the_test_materials() -> None:
 def test_predictions_csv_names_its_units_and_gives_u_in_kj_per_mol_like_the_report(
     tmp_path: Path,
 ) -> None:
-    from types import SimpleNamespace
-
     grid = [100.0, 300.0]
     cv_true = np.array([[20.0, 45.0], [40.0, 95.0]])  # J/(mol K), per mole of cells
     u_true = np.array([[1500.0, 9000.0], [3100.0, 18500.0]])  # J/mol
@@ -435,6 +435,192 @@ def test_predictions_csv_names_its_units_and_gives_u_in_kj_per_mol_like_the_repo
     assert summary["u"]["mae_300K_per_cell"] == pytest.approx(np.mean(gaps))
     table = D.results_table({"eval_temperatures": grid, "methods": {"cloud_debye": summary}})
     assert "U MAE @300 K, kJ/mol" in table and "0.250" in table
+
+
+# ----------------------------------------------------------------------------- progress, resume
+
+
+def _small_run_data(petretto_sample: D.ThermalData, count: int = 60) -> D.ThermalData:
+    left_out = len(petretto_sample) - count
+    return D._drop_rows(petretto_sample, np.arange(count), "a small test run", left_out)
+
+
+def _debug_pretrained() -> SimpleNamespace:
+    """A random debug CloudForMaskedLM standing in for a loaded package."""
+    tokenizer = ScopeTokenizer()
+    torch.manual_seed(0)
+    model = CloudForMaskedLM(family("debug", vocab_size=tokenizer.vocab_size)).eval()
+    return SimpleNamespace(model=model, tokenizer=tokenizer, metadata={}, config={})
+
+
+def _small_run_config(out: Path, **overrides: object) -> D.DebyeTrainConfig:
+    values: dict[str, object] = {
+        "out": str(out),
+        "protocol": "curve",
+        "target": "both",
+        "temperatures": "50:800:150",
+        "eval_temperatures": "10:1000:90",
+        "epochs": 3,
+        "patience": 0,
+        "batch_size": 16,
+        "encoder_dropout": 0.1,  # dropout draws random numbers: the resume must restore them
+        "head": DebyeHeadConfig(hidden_sizes=[16]),
+        "compare": ["debye_single", "direct", "constant"],
+        "plots": False,
+        "threads": 1,
+        "device": "cpu",
+        "progress": False,
+        **overrides,
+    }
+    return D.DebyeTrainConfig(**values)  # type: ignore[arg-type]
+
+
+def test_training_reports_progress_within_each_epoch_and_once_after_it(
+    petretto_sample: D.ThermalData,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = _small_run_data(petretto_sample, 40)
+    split = D.split_materials(data.ids, seed=0)
+    tokenizer = ScopeTokenizer()
+    sequences, _ = D.encode_scopes(data.scopes, tokenizer, 128)
+    encoded = D.Encoded(tokenizer, sequences, torch.device("cpu"))
+    T = [100.0, 300.0]
+    c, u = D.normalised_targets(*data.curves(T), data.n_atoms, 300.0)
+    batches = math.ceil(len(split.train) / 8)
+    assert batches >= 3
+    base = {"epochs": 2, "patience": 0, "batch_size": 8, "head": DebyeHeadConfig(hidden_sizes=[8])}
+
+    # No terminal: a line every progress_every_s seconds (0: every batch but the last),
+    # then one line per epoch.
+    config = D.DebyeTrainConfig(progress=False, progress_every_s=0.0, **base)  # type: ignore[arg-type]
+    model, _ = _model(config.head)
+    with caplog.at_level(logging.INFO, logger="train.debye"):
+        D.train_cloud_debye(model, encoded, c, u, split, T, "cv", config)
+    lines = [r.getMessage() for r in caplog.records]
+    for epoch in (1, 2):
+        within = [m for m in lines if m.startswith(f"cloud-debye epoch {epoch}/2: batch ")]
+        assert [m.split("batch ")[1].split(",")[0] for m in within] == [
+            f"{k}/{batches}" for k in range(1, batches)
+        ]
+        after = [m for m in lines if m.startswith(f"cloud-debye epoch {epoch}/2: train loss ")]
+        assert len(after) == 1 and "val " in after[0] and "(best " in after[0]
+    capsys.readouterr()
+
+    # progress=true: a tqdm bar over each epoch's batches on stderr instead of the lines.
+    caplog.clear()
+    config = D.DebyeTrainConfig(progress=True, progress_every_s=0.0, **base)  # type: ignore[arg-type]
+    model, _ = _model(config.head)
+    with caplog.at_level(logging.INFO, logger="train.debye"):
+        D.train_cloud_debye(model, encoded, c, u, split, T, "cv", config)
+    bars = capsys.readouterr().err
+    for epoch in (1, 2):
+        assert f"cloud-debye epoch {epoch}/2:" in bars and f"/{batches} [" in bars
+    assert not [r for r in caplog.records if ": batch " in r.getMessage()]
+
+
+def test_a_stopped_run_leaves_partial_results_and_its_rerun_resumes_to_the_same_end(
+    petretto_sample: D.ThermalData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """CLOUD-DEBYE, its single-temperature twin and the direct MLP, 3 epochs each: the run is
+    stopped after the first epoch of the second model; the rerun reads the first model back,
+    resumes the second after its first epoch, trains the third, and ends with exactly the
+    results and model of a run that was never stopped."""
+    data, pretrained = _small_run_data(petretto_sample), _debug_pretrained()
+    straight = D.run_debye(
+        _small_run_config(tmp_path / "straight"), pretrained=pretrained, data=data
+    )
+    assert straight.metrics["complete"] and straight.metrics["pending"] == []
+
+    out = tmp_path / "stopped"
+    save_fit_state = D.save_fit_state
+
+    def stop_after_first_epoch_of_single(*args: object) -> None:
+        save_fit_state(*args)  # type: ignore[arg-type]
+        if args[-1] == "cloud-debye-single":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(D, "save_fit_state", stop_after_first_epoch_of_single)
+    with pytest.raises(KeyboardInterrupt):
+        D.run_debye(_small_run_config(out), pretrained=pretrained, data=data)
+    monkeypatch.undo()
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["complete"] is False
+    assert partial["pending"] == ["cloud_debye_single", "direct"]
+    assert set(partial["methods"]) == {"cloud_debye", "constant"}
+    assert (
+        "**Partial results**: still to train: cloud_debye_single, direct"
+        in (out / "report.md").read_text()
+    )
+    with (out / "predictions.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == straight.metrics["split"]["n_test"]
+    assert type(load_pretrained(out / "model").model) is CloudDebye  # saved once trained
+    progress = out / D.PROGRESS_DIR
+    assert (progress / "cloud_debye.safetensors").is_file()
+    assert (progress / "cloud_debye_single.training.safetensors").is_file()
+
+    fitted: list[str] = []
+    fit = D.fit
+
+    def recording_fit(*args: object, **kwargs: object) -> D.FitHistory:
+        fitted.append(str(kwargs["label"]))
+        return fit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(D, "fit", recording_fit)
+    with caplog.at_level(logging.INFO, logger="train.debye"):
+        resumed = D.run_debye(_small_run_config(out), pretrained=pretrained, data=data)
+    assert fitted == ["cloud-debye-single", "direct-cv300"]  # CLOUD-DEBYE was read back
+    assert "cloud-debye-single: resumed after epoch 1/3" in caplog.text
+    assert resumed.metrics["complete"] and resumed.metrics["resumed_units"] == ["cloud_debye"]
+    assert not list(progress.glob("*.training.safetensors"))
+    assert resumed.metrics["methods"] == straight.metrics["methods"]
+    for name, history in straight.metrics["training"].items():
+        again = resumed.metrics["training"][name]
+        assert {**again, "wall_time_s": 0} == {**history, "wall_time_s": 0}, name
+    assert (out / "predictions.csv").read_text() == (
+        tmp_path / "straight" / "predictions.csv"
+    ).read_text()
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    assert "Partial results" not in (out / "report.md").read_text()
+
+
+def test_progress_of_another_run_in_the_out_directory_is_discarded_not_resumed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fingerprint = {"config": {"seed": 0, "epochs": 3}, "encoder_sha256": "a", "data_sha256": "b"}
+    theta = torch.tensor([300.0, 450.0], dtype=torch.float64)
+    D.RunProgress(tmp_path, fingerprint).unit("cloud_debye", lambda path: ({"theta": theta}, {}))
+    again = D.RunProgress(tmp_path, fingerprint)
+    assert again.finished_before == ["cloud_debye"]
+    tensors, _ = again.unit("cloud_debye", lambda path: pytest.fail("trained again"))
+    assert torch.equal(tensors["theta"], theta)
+
+    other = {**fingerprint, "config": {"seed": 1, "epochs": 3}, "data_sha256": "c"}
+    with caplog.at_level(logging.WARNING, logger="train.debye"):
+        fresh = D.RunProgress(tmp_path, other)
+    assert "differs in seed, the materials); starting afresh" in caplog.text
+    assert fresh.finished_before == []
+    assert json.loads((tmp_path / D.PROGRESS_DIR / D.RUN_FILE).read_text()) == other
+
+
+def test_cli_interrupted_says_where_the_partial_results_are_and_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.cli import main
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(D, "run_debye", interrupted)
+    out = tmp_path / "run"
+    assert main(["debye", "--checkpoint", "pkg", "--out", str(out)]) == 130
+    message = capsys.readouterr().err
+    assert f"partial results in {out}" in message
+    assert f"rerun the same command to resume from {out / D.PROGRESS_DIR}" in message
 
 
 @pytest.mark.slow

@@ -33,16 +33,25 @@ can say nothing at other temperatures, nor about U), the best constant θ of the
 the per-material oracle Debye fit to the true C_v curve over the evaluation grid (least
 squares: what the Debye form can do over the whole curve), and the per-material θ that
 reproduces C_v(300 K) exactly (the best case of the single-temperature protocol).
+
+A run is long (a full Petretto epoch takes tens of seconds on a CPU, and ``compare`` trains
+up to three models), so it reports and keeps its work as it goes: a tqdm bar or periodic log
+lines within each epoch and one line per epoch (``fit``); the outputs written, partial, as
+soon as the baselines are known and again after each trained unit (``run_debye``); finished
+units and the state after each epoch of the unit in training under <out>/progress/, so that
+a rerun with the same out directory resumes where the last one stopped (``RunProgress``).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -168,6 +177,11 @@ class DebyeTrainConfig:
     """Save the trained CLOUD-DEBYE as an export package in <out>/model."""
     plots: bool = True
     """Write the figures (MAE vs T, per-material curves, θ parity)."""
+    progress: bool | None = None
+    """tqdm bar over each epoch's batches: null = when stderr is a terminal; true/false =
+    always/never. Without a bar, an INFO line every ``progress_every_s`` seconds of an epoch."""
+    progress_every_s: float = 30.0
+    """Seconds between the within-epoch log lines when there is no bar (0: every batch)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -201,6 +215,8 @@ class DebyeTrainConfig:
             problems.append("epochs, batch_size and eval_batch_size must be >= 1")
         if self.patience < 0 or self.aflow_epochs < 0:
             problems.append("patience and aflow_epochs must be >= 0")
+        if self.progress_every_s < 0:
+            problems.append("progress_every_s must be >= 0")
         if self.u_reference_k <= 0 or self.u_weight < 0:
             problems.append("u_reference_k must be > 0 and u_weight >= 0")
         if self.max_materials is not None and self.max_materials < 10:
@@ -659,9 +675,20 @@ def fit(
     label: str,
     epochs: int | None = None,
     patience: int | None = None,
+    state_path: Path | None = None,
 ) -> FitHistory:
     """Train ``model`` on minibatches of training positions 0…n_train−1 with AdamW, keep the
-    weights of the epoch with the lowest ``validate()`` (loaded back at the end)."""
+    weights of the epoch with the lowest ``validate()`` (loaded back at the end).
+
+    Progress: within an epoch a tqdm bar, or an INFO line every ``config.progress_every_s``
+    seconds (``config.progress``); after each epoch one INFO line (epoch/N, train loss,
+    validation, best so far, elapsed seconds) starting with ``label``.
+
+    ``state_path``: after every epoch that training goes on from, the model, the best weights,
+    the optimizer, the RNG states and the counters are written there (``write_state``); when
+    the file exists at the start, training resumes after its epoch, and ends as the
+    uninterrupted run would (same batches, dropout masks and updates on the same device).
+    """
     epochs = config.epochs if epochs is None else epochs
     patience = config.patience if patience is None else patience
     optimizer = torch.optim.AdamW(
@@ -671,17 +698,26 @@ def fit(
     total = epochs * steps_per_epoch
     warmup = max(1, round(config.warmup_ratio * total))
     rng = np.random.default_rng(config.seed)
-    best_val, best_epoch, best_state = math.inf, -1, None
-    history: list[dict[str, float]] = []
-    started = time.perf_counter()
-    step = 0
-    for epoch in range(epochs):
+    progress = FitProgress(best_val=math.inf, best_epoch=-1)
+    best_state: dict[str, torch.Tensor] | None = None
+    if state_path is not None and state_path.is_file():
+        progress, best_state = load_fit_state(state_path, model, optimizer, rng, label)
+        logger.info(
+            "%s: resumed after epoch %d/%d from %s", label, progress.epochs_done, epochs, state_path
+        )
+    show_bar = sys.stderr.isatty() if config.progress is None else config.progress
+    started = time.perf_counter() - progress.elapsed_s
+    for epoch in range(progress.epochs_done, epochs):
         model.train()
         losses = []
-        for batch in _chunks(rng.permutation(n_train), config.batch_size):
+        batches = _chunks(rng.permutation(n_train), config.batch_size)
+        meter = EpochProgress(
+            label, epoch + 1, epochs, len(batches), show_bar, config.progress_every_s
+        )
+        for batch in batches:
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * lr_factor(
-                    step, total, warmup, config.min_lr_ratio
+                    progress.step, total, warmup, config.min_lr_ratio
                 )
             loss = batch_loss(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -690,22 +726,230 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             losses.append(float(loss.detach()))
-            step += 1
+            progress.step += 1
+            meter.update(float(np.mean(losses)))
+        meter.close()
         model.eval()
         val = validate()
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val})
-        logger.info("%s epoch %d train %.4f val %.4f", label, epoch, history[-1]["train_loss"], val)
-        if val < best_val:
-            best_val, best_epoch = val, epoch
+        progress.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val})
+        progress.epochs_done = epoch + 1
+        if val < progress.best_val:
+            progress.best_val, progress.best_epoch = val, epoch
             best_state = copy.deepcopy(model.state_dict())
-        elif patience and epoch - best_epoch >= patience:
+        progress.elapsed_s = time.perf_counter() - started
+        # Epochs can take minutes: say how training goes, once an epoch.
+        logger.info(
+            "%s epoch %d/%d: train loss %.4g, val %.4g (best %.4g at epoch %d), %.0f s",
+            label,
+            epoch + 1,
+            epochs,
+            progress.history[-1]["train_loss"],
+            val,
+            progress.best_val,
+            progress.best_epoch + 1,
+            progress.elapsed_s,
+        )
+        stop = bool(patience) and epoch - progress.best_epoch >= patience
+        if state_path is not None and not stop and epoch + 1 < epochs:
+            save_fit_state(state_path, model, optimizer, rng, progress, best_state, label)
+        if stop:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return FitHistory(
-        label, best_epoch, best_val, len(history), history, time.perf_counter() - started
+        label,
+        progress.best_epoch,
+        progress.best_val,
+        len(progress.history),
+        progress.history,
+        time.perf_counter() - started,
     )
+
+
+@dataclass
+class FitProgress:
+    """The counters of a ``fit`` between epochs (saved with its state; JSON)."""
+
+    best_val: float
+    best_epoch: int
+    """0-based, like ``history``'s epochs; -1 before any epoch."""
+    epochs_done: int = 0
+    step: int = 0
+    """Optimizer steps taken (sets the learning-rate schedule)."""
+    elapsed_s: float = 0.0
+    """Training seconds so far, over every run that trained this unit."""
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class EpochProgress:
+    """Progress through one epoch's batches: a tqdm bar (``bar``), or an INFO line every
+    ``every_s`` seconds with the batch count and the epoch's mean training loss so far (none
+    after the last batch: the epoch's own line follows)."""
+
+    def __init__(
+        self, label: str, epoch: int, epochs: int, batches: int, bar: bool, every_s: float
+    ) -> None:
+        self.label, self.epoch, self.epochs, self.batches = label, epoch, epochs, batches
+        self.every_s = every_s
+        self.done = 0
+        self.started = self.last = time.perf_counter()
+        self.bar = None
+        if bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=batches,
+                desc=f"{label} epoch {epoch}/{epochs}",
+                unit="batch",
+                leave=False,
+                dynamic_ncols=True,
+            )
+
+    def update(self, mean_loss: float) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{mean_loss:.4g}", refresh=False)
+            self.bar.update()
+            return
+        now = time.perf_counter()
+        if self.done < self.batches and now - self.last >= self.every_s:
+            self.last = now
+            logger.info(
+                "%s epoch %d/%d: batch %d/%d, train loss %.4g, %.0f s into the epoch",
+                self.label,
+                self.epoch,
+                self.epochs,
+                self.done,
+                self.batches,
+                mean_loss,
+                now - self.started,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+STATE_RECORD_KEY = "record"
+"""The safetensors header metadata key under which ``write_state`` keeps its JSON record."""
+
+
+def write_state(path: Path, tensors: Mapping[str, torch.Tensor], record: Mapping[str, Any]) -> None:
+    """One safetensors file: ``tensors`` and, in its header, ``record`` as JSON. Written
+    atomically (``train.common.files``): a run killed meanwhile leaves the old file or the new
+    one, so tensors and counters always belong together."""
+    from safetensors.torch import save_file
+
+    from train.common.files import atomic_write
+
+    metadata = {STATE_RECORD_KEY: json.dumps(record)}
+    tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+
+
+def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and record of a ``write_state`` file (safetensors and JSON: nothing is
+    unpickled)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        record = json.loads((handle.metadata() or {})[STATE_RECORD_KEY])
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    return tensors, record
+
+
+def state_tensors(prefix: str, state: Mapping[str, torch.Tensor]) -> tuple[dict, dict[str, str]]:
+    """A state dict as ``write_state`` tensors under ``prefix`` (tied tensors once, dtypes
+    kept) and its {alias: stored name} ties (``cloud.export.dedupe_tensors``)."""
+    from cloud.export import dedupe_tensors
+
+    tensors, tied = dedupe_tensors(state, dtype=None)
+    return {f"{prefix}{name}": tensor for name, tensor in tensors.items()}, tied
+
+
+def unprefixed(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with ``prefix``, without it."""
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_state_tensors(
+    model: torch.nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    tied: Mapping[str, str],
+    source: Any,
+) -> None:
+    """Load ``state_tensors`` output (without its prefix) into ``model`` (every tensor used)."""
+    from cloud.export import load_weights
+
+    device = next(model.parameters()).device
+    load_weights(model, {k: v.to(device) for k, v in tensors.items()}, tied, source=source)
+
+
+def save_fit_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    progress: FitProgress,
+    best_state: Mapping[str, torch.Tensor] | None,
+    label: str,
+) -> None:
+    """Everything ``fit`` needs to go on after ``progress.epochs_done`` epochs."""
+    tensors, model_tied = state_tensors("model.", model.state_dict())
+    best_tied: dict[str, str] = {}
+    if best_state is not None:
+        best, best_tied = state_tensors("best.", best_state)
+        tensors.update(best)
+    optimizer_state = optimizer.state_dict()
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu()
+    tensors["rng.torch"] = torch.get_rng_state()
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    record = {
+        "label": label,
+        "progress": dataclasses.asdict(progress),
+        "numpy_rng": rng.bit_generator.state,
+        "optimizer_groups": optimizer_state["param_groups"],
+        "model_tied": model_tied,
+        "best_tied": best_tied,
+        "has_best": best_state is not None,
+    }
+    write_state(path, tensors, record)
+
+
+def load_fit_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    label: str,
+) -> tuple[FitProgress, dict[str, torch.Tensor] | None]:
+    """Restore what ``save_fit_state`` wrote into ``model``, ``optimizer``, ``rng`` and the
+    torch RNG; returns the counters and the best weights so far."""
+    tensors, record = read_state(path)
+    if record.get("label") != label:
+        raise ValueError(f"{path}: training state of {record.get('label')!r}, not {label!r}")
+    load_state_tensors(model, unprefixed("model.", tensors), record["model_tied"], path)
+    best_state = None
+    if record["has_best"]:
+        device = next(model.parameters()).device
+        best_state = {k: v.to(device) for k, v in unprefixed("best.", tensors).items()}
+        for alias, target in record["best_tied"].items():
+            best_state[alias] = best_state[target]
+    optimizer_state: dict[str, Any] = {"state": {}, "param_groups": record["optimizer_groups"]}
+    for name, tensor in unprefixed("optimizer.", tensors).items():
+        index, key = name.split(".", 1)
+        optimizer_state["state"].setdefault(int(index), {})[key] = tensor
+    optimizer.load_state_dict(optimizer_state)
+    rng.bit_generator.state = record["numpy_rng"]
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and next(model.parameters()).device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], next(model.parameters()).device)
+    return FitProgress(**record["progress"]), best_state
 
 
 # --------------------------------------------------------------------------- CLOUD-DEBYE
@@ -749,9 +993,11 @@ def train_cloud_debye(
     config: DebyeTrainConfig,
     *,
     label: str = "cloud-debye",
+    state_path: Path | None = None,
 ) -> FitHistory:
     """Fit CLOUD-DEBYE on the per-atom normalised targets (c, u: [M, n_T] over all materials)
-    of the training rows, early-stopping on the same loss over the validation rows."""
+    of the training rows, early-stopping on the same loss over the validation rows
+    (``state_path``: see ``fit``)."""
     device = encoded.device
     grid = torch.tensor(T, dtype=torch.float32, device=device)
     c_all = torch.tensor(c_true, dtype=torch.float32, device=device)
@@ -777,7 +1023,9 @@ def train_cloud_debye(
         with torch.no_grad():
             return float(loss_on(split.val, thetas))
 
-    return fit(model, len(split.train), batch_loss, validate, config, label=label)
+    return fit(
+        model, len(split.train), batch_loss, validate, config, label=label, state_path=state_path
+    )
 
 
 def pretrain_on_aflow(
@@ -786,6 +1034,7 @@ def pretrain_on_aflow(
     config: DebyeTrainConfig,
     variant: str,
     excluded_scopes: set[str],
+    state_path: Path | None = None,
 ) -> tuple[FitHistory, list[str]]:
     """Train θ on AFLOW AGL Debye temperatures (L1 on log θ) before the thermal targets.
 
@@ -846,6 +1095,7 @@ def pretrain_on_aflow(
         config,
         label="aflow-theta",
         epochs=config.aflow_epochs,
+        state_path=state_path,
     )
     report = [
         *data.report.lines(),
@@ -866,10 +1116,12 @@ def train_direct_cv300(
     c300: np.ndarray,
     split: MaterialSplit,
     config: DebyeTrainConfig,
+    state_path: Path | None = None,
 ) -> tuple[np.ndarray, FitHistory]:
     """The direct regressor: the same encoder + an MLP head (``cloud.heads``) fitted to the
     per-atom C_v(300 K)/(3R) of the training rows (L1, standardised). Returns its per-atom
-    prediction c(300 K) for every material and the training history."""
+    prediction c(300 K) for every material and the training history (``state_path``: see
+    ``fit``)."""
     from cloud.heads import CloudForPropertyPrediction, HeadConfig
 
     head = HeadConfig(
@@ -913,7 +1165,15 @@ def train_direct_cv300(
     def validate() -> float:
         return float(np.abs(predict(split.val) - c300[split.val]).mean())
 
-    history = fit(model, len(split.train), batch_loss, validate, config, label="direct-cv300")
+    history = fit(
+        model,
+        len(split.train),
+        batch_loss,
+        validate,
+        config,
+        label="direct-cv300",
+        state_path=state_path,
+    )
     return predict(np.arange(len(c300))), history
 
 
@@ -1240,7 +1500,17 @@ def run_debye(
 ) -> DebyeRunResult:
     """Train CLOUD-DEBYE per ``config``, evaluate it (and the ``compare`` methods) on the test
     materials, write results.json, report.md, predictions.csv, figures and the model.
-    ``pretrained`` (a loaded package) and ``data`` skip loading them again."""
+    ``pretrained`` (a loaded package) and ``data`` skip loading them again.
+
+    The outputs are written at once with the baselines that need no training, then again as
+    each trained unit finishes (``trained_units``: AFLOW pre-training, CLOUD-DEBYE, which
+    also writes the model package, its single-temperature twin, the direct MLP); until the
+    last they are partial (results.json ``complete``: false and ``pending``; report.md says
+    so). Finished units and the last epoch of the one in training are kept in
+    <out>/progress/ (``RunProgress``): a rerun with the same out directory skips the finished
+    units, resumes the interrupted one after its last saved epoch, and ends with the results
+    of an uninterrupted run.
+    """
     from train.threads import apply_threads
 
     logger.info(apply_threads(config.threads).describe())
@@ -1251,40 +1521,216 @@ def run_debye(
         pretrained = load_pretrained(config.checkpoint)
     variant = config.variant or checkpoint_variant(pretrained)
     context = prepare_run(config, pretrained, variant, data)
+    out = output_directory(config)
+    units = RunProgress(out, run_fingerprint(context))
+    pending = trained_units(config)
     report_lines = list(context.data.report)
     histories: dict[str, FitHistory] = {}
+    methods = baseline_methods(context)
+
+    def publish() -> dict[str, Any]:
+        ordered = sorted(methods.values(), key=lambda m: METHOD_ORDER.index(m.name))
+        metrics = run_metrics(context, ordered, histories, pretrained, variant, report_lines)
+        metrics["complete"], metrics["pending"] = not pending, list(pending)
+        metrics["resumed_units"] = units.finished_before
+        metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
+        write_outputs(out, context, ordered, metrics)
+        if pending:
+            logger.info("partial results in %s; still to train: %s", out, ", ".join(pending))
+        return metrics
+
+    metrics = publish()  # an interrupted run leaves at least the baselines and a report
     model = context.new_model()
     if config.aflow_epochs:
-        test_scopes = {context.data.scopes[i] for i in context.split.test}
-        histories["aflow"], aflow_report = pretrain_on_aflow(
-            model, pretrained.tokenizer, config, variant, test_scopes
+        tensors, record = units.unit(
+            "aflow", lambda path: aflow_unit(model, context, pretrained.tokenizer, variant, path)
         )
-        report_lines += aflow_report
-    histories["cloud_debye"] = train_cloud_debye(
-        model,
-        context.encoded,
-        context.c_train,
-        context.u_train,
-        context.split,
-        context.train_grid,
-        context.target,
-        config,
-    )
+        load_state_tensors(model, unprefixed("model.", tensors), record["model_tied"], out)
+        histories["aflow"] = FitHistory(**record["history"])
+        report_lines += record["report"]
+        pending.remove("aflow")
+        metrics = publish()
+        # Dropout masks from the same seed whether AFLOW was trained now or read back.
+        torch.manual_seed(config.seed)
+    tensors, record = units.unit("cloud_debye", lambda path: cloud_debye_unit(model, context, path))
+    load_state_tensors(model, unprefixed("model.", tensors), record["model_tied"], out)
+    histories["cloud_debye"] = FitHistory(**record["history"])
+    label = f"CLOUD-DEBYE ({_protocol_label(config)})"
+    methods["cloud_debye"] = context.debye_method("cloud_debye", label, tensors["theta"].numpy())
+    pending.remove("cloud_debye")
+    metrics = publish()
     if progress:
         best = histories["cloud_debye"]
-        logger.info("CLOUD-DEBYE: best val %.4f at epoch %d", best.best_val, best.best_epoch)
-    theta = predict_theta(model, context.encoded, context.split.test, config.eval_batch_size)
-    methods = [
-        context.debye_method("cloud_debye", f"CLOUD-DEBYE ({_protocol_label(config)})", theta)
-    ]
-    methods += compare_methods(context, histories)
-    metrics = run_metrics(context, methods, histories, pretrained, variant, report_lines)
-    metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
-    out = Path(config.out or f"runs/debye/{config.data}-{config.protocol}-{context.target}")
-    write_outputs(out, context, methods, metrics)
+        logger.info("CLOUD-DEBYE: best val %.4f at epoch %d", best.best_val, best.best_epoch + 1)
     if config.save_model:
         save_debye_model(model, pretrained.tokenizer, variant, out / "model", metrics)
+    if "cloud_debye_single" in pending:
+        tensors, record = units.unit(
+            "cloud_debye_single", lambda path: single_protocol_unit(context, path)
+        )
+        histories["cloud_debye_single"] = FitHistory(**record["history"])
+        label = "CLOUD-DEBYE (paper protocol: C_v at 300 K)"
+        theta = tensors["theta"].numpy()
+        methods["cloud_debye_single"] = context.debye_method("cloud_debye_single", label, theta)
+        pending.remove("cloud_debye_single")
+        metrics = publish()
+    if "direct" in pending:
+        tensors, record = units.unit("direct", lambda path: direct_unit(context, path))
+        histories["direct"] = FitHistory(**record["history"])
+        methods["direct"] = direct_method(context, tensors["c300_per_atom"].numpy())
+        pending.remove("direct")
+        metrics = publish()
     return DebyeRunResult(out, metrics, model, context.split, context.data)
+
+
+def output_directory(config: DebyeTrainConfig) -> Path:
+    """``config.out``, else runs/debye/<data>-<protocol>-<target>."""
+    return Path(
+        config.out or f"runs/debye/{config.data}-{config.protocol}-{config.resolved_target}"
+    )
+
+
+METHOD_ORDER = ("cloud_debye", "cloud_debye_single", "direct", "constant", "oracle", "oracle_300")
+"""The order of the methods in results.json, report.md and predictions.csv."""
+UnitResult = tuple[dict[str, torch.Tensor], dict[str, Any]]
+"""A finished unit as ``RunProgress`` keeps it: tensors and a JSON record."""
+
+
+def trained_units(config: DebyeTrainConfig) -> list[str]:
+    """The units of a run that train a model, in the order they run: aflow (θ pre-training,
+    when aflow_epochs), cloud_debye, cloud_debye_single and direct (when compared)."""
+    units = ["aflow"] if config.aflow_epochs else []
+    units.append("cloud_debye")
+    if "debye_single" in config.compare and config.protocol != "single":
+        units.append("cloud_debye_single")
+    if "direct" in config.compare:
+        units.append("direct")
+    return units
+
+
+PROGRESS_DIR = "progress"
+RUN_FILE = "run.json"
+RESUME_IGNORES = (
+    "checkpoint",
+    "out",
+    "device",
+    "threads",
+    "save_model",
+    "plots",
+    "progress",
+    "progress_every_s",
+    "compare",
+    "eval_temperatures",
+)
+"""Config fields no finished unit depends on (a unit keeps θ or predictions of the test
+materials, not curves on the evaluation grid; the checkpoint is fingerprinted by its weights,
+not its path), so changing them keeps a run resumable."""
+
+
+def run_fingerprint(context: RunContext) -> dict[str, Any]:
+    """What a run's finished units depend on: the config less ``RESUME_IGNORES``, a SHA-256
+    of the encoder's weights and one of the materials (ids, SCOPE strings, token ids, n_atoms,
+    training targets); JSON-normalised, so it compares equal to its run.json."""
+    config = {k: v for k, v in context.config.to_dict().items() if k not in RESUME_IGNORES}
+    data = hashlib.sha256(
+        json.dumps([context.data.ids, context.data.scopes, context.encoded.sequences]).encode()
+    )
+    for array in (context.data.n_atoms, context.c_train, context.u_train):
+        data.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    fingerprint = {
+        "config": config,
+        "encoder_sha256": tensor_digest(context.encoder_owner.state_dict()),
+        "data_sha256": data.hexdigest(),
+    }
+    return json.loads(json.dumps(_jsonable(fingerprint)))
+
+
+def tensor_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class RunProgress:
+    """The finished units of a run under ``<out>/progress/``, so that a rerun resumes.
+
+    ``run.json`` is the run's ``run_fingerprint``; ``<unit>.safetensors`` a finished unit (its
+    θ or predictions of the test materials, the weights it leaves where later units need them,
+    its training history, as ``write_state`` files); ``<unit>.training.safetensors`` the
+    state after the last epoch of the unit in training (``fit``). When run.json holds another
+    fingerprint (another config, encoder or data), that run's files are removed and the run
+    starts afresh, as the outputs beside them are about to be replaced.
+    """
+
+    def __init__(self, out: Path, fingerprint: Mapping[str, Any]) -> None:
+        from train.common.files import atomic_write_text
+
+        self.directory = out / PROGRESS_DIR
+        run_file = self.directory / RUN_FILE
+        previous = _read_json_or_none(run_file)
+        if previous != fingerprint:
+            if previous is not None:
+                logger.warning(
+                    "%s holds the progress of another run (it differs in %s); starting afresh",
+                    self.directory,
+                    ", ".join(_fingerprint_differences(previous, fingerprint)),
+                )
+            for path in self.directory.glob("*.safetensors"):
+                path.unlink()
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_file, json.dumps(fingerprint, indent=1) + "\n")
+        self.finished_before = sorted(
+            path.name.removesuffix(".safetensors")
+            for path in self.directory.glob("*.safetensors")
+            if not path.name.endswith(".training.safetensors")
+        )
+        if self.finished_before:
+            logger.info(
+                "%s: resuming; finished by an earlier run: %s",
+                self.directory,
+                ", ".join(self.finished_before),
+            )
+
+    def unit(self, name: str, train: Callable[[Path], UnitResult]) -> UnitResult:
+        """The tensors and record of unit ``name``: read back when an earlier run finished
+        it, else ``train(state_path)`` (``state_path``: its per-epoch state for ``fit``),
+        saved, and its training state removed."""
+        path = self.directory / f"{name}.safetensors"
+        if path.is_file():
+            logger.info("%s: finished by an earlier run, read back from %s", name, path)
+            return read_state(path)
+        training = self.directory / f"{name}.training.safetensors"
+        tensors, record = train(training)
+        write_state(path, tensors, record)
+        training.unlink(missing_ok=True)
+        return tensors, record
+
+
+def _read_json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _fingerprint_differences(previous: Any, current: Mapping[str, Any]) -> list[str]:
+    if not isinstance(previous, dict):
+        return ["an unreadable run.json"]
+    old_config, new_config = previous.get("config") or {}, current["config"]
+    differing = [
+        key
+        for key in sorted(set(old_config) | set(new_config))
+        if old_config.get(key) != new_config.get(key)
+    ]
+    if previous.get("encoder_sha256") != current["encoder_sha256"]:
+        differing.append("the encoder's weights")
+    if previous.get("data_sha256") != current["data_sha256"]:
+        differing.append("the materials")
+    return differing or ["its format"]
 
 
 def prepare_run(
@@ -1337,25 +1783,20 @@ def prepare_run(
     )
 
 
-def compare_methods(context: RunContext, histories: dict[str, FitHistory]) -> list[MethodCurves]:
-    """The ``compare`` predictors on the test materials, in a fixed order."""
+def baseline_methods(context: RunContext) -> dict[str, MethodCurves]:
+    """The ``compare`` predictors that need no training (constant, oracle, oracle_300)."""
     config = context.config
-    methods = []
-    main_is_single = config.protocol == "single"
-    if "debye_single" in config.compare and not main_is_single:
-        methods.append(single_protocol_method(context, histories))
-    if "direct" in config.compare:
-        methods.append(direct_method(context, histories))
+    methods = {}
     if "constant" in config.compare:
-        methods.append(constant_theta_method(context))
+        methods["constant"] = constant_theta_method(context)
     if "oracle" in config.compare:
         theta = oracle_theta(context.eval_grid, context.cv_test, context.n_atoms_test)
         grid = f"{min(context.eval_grid):g}–{max(context.eval_grid):g} K"
         label = f"oracle Debye fit (θ per test material minimising its C_v MAE over {grid})"
         note = "uses the test truth: the floor of the curve-mean C_v MAE for any Debye model"
-        methods.append(context.debye_method("oracle", label, theta, note))
+        methods["oracle"] = context.debye_method("oracle", label, theta, note)
     if "oracle_300" in config.compare:
-        methods.append(oracle_300_method(context))
+        methods["oracle_300"] = oracle_300_method(context)
     return methods
 
 
@@ -1371,14 +1812,48 @@ def oracle_300_method(context: RunContext) -> MethodCurves:
     return context.debye_method("oracle_300", label, theta, note)
 
 
-def single_protocol_method(context: RunContext, histories: dict[str, FitHistory]) -> MethodCurves:
-    """CLOUD-DEBYE trained the paper's way (C_v at 300 K only) on the same split."""
+def aflow_unit(
+    model: CloudDebye, context: RunContext, tokenizer: Any, variant: str, state_path: Path
+) -> UnitResult:
+    """θ pre-training on AFLOW (``pretrain_on_aflow``); keeps the weights it leaves."""
+    test_scopes = {context.data.scopes[i] for i in context.split.test}
+    history, report = pretrain_on_aflow(
+        model, tokenizer, context.config, variant, test_scopes, state_path
+    )
+    tensors, tied = state_tensors("model.", model.state_dict())
+    return tensors, {"history": dataclasses.asdict(history), "report": report, "model_tied": tied}
+
+
+def cloud_debye_unit(model: CloudDebye, context: RunContext, state_path: Path) -> UnitResult:
+    """CLOUD-DEBYE on the run's protocol; keeps its weights and θ of the test materials."""
+    history = train_cloud_debye(
+        model,
+        context.encoded,
+        context.c_train,
+        context.u_train,
+        context.split,
+        context.train_grid,
+        context.target,
+        context.config,
+        state_path=state_path,
+    )
+    theta = predict_theta(
+        model, context.encoded, context.split.test, context.config.eval_batch_size
+    )
+    tensors, tied = state_tensors("model.", model.state_dict())
+    tensors["theta"] = torch.from_numpy(theta)
+    return tensors, {"history": dataclasses.asdict(history), "model_tied": tied}
+
+
+def single_protocol_unit(context: RunContext, state_path: Path) -> UnitResult:
+    """CLOUD-DEBYE trained the paper's way (C_v at 300 K only) on the same split; keeps θ of
+    the test materials."""
     config = context.config
     single_config = dataclasses.replace(config, protocol="single", target="cv", temperatures=None)
     cv300, u300 = context.data.curves([SINGLE_TEMPERATURE])
     c300, _ = normalised_targets(cv300, u300, context.data.n_atoms, config.u_reference_k)
     model = context.new_model()
-    histories["cloud_debye_single"] = train_cloud_debye(
+    history = train_cloud_debye(
         model,
         context.encoded,
         c300,
@@ -1388,23 +1863,34 @@ def single_protocol_method(context: RunContext, histories: dict[str, FitHistory]
         "cv",
         single_config,
         label="cloud-debye-single",
+        state_path=state_path,
     )
     theta = predict_theta(model, context.encoded, context.split.test, config.eval_batch_size)
-    label = "CLOUD-DEBYE (paper protocol: C_v at 300 K)"
-    return context.debye_method("cloud_debye_single", label, theta)
+    return {"theta": torch.from_numpy(theta)}, {"history": dataclasses.asdict(history)}
 
 
-def direct_method(context: RunContext, histories: dict[str, FitHistory]) -> MethodCurves:
-    """The direct MLP on C_v at 300 K: a C_v column at 300 K, NaN elsewhere, no U."""
+def direct_unit(context: RunContext, state_path: Path) -> UnitResult:
+    """The direct MLP on C_v at 300 K; keeps its C_v(300 K) / (3 n R) of the test materials."""
     cv300, _ = context.data.curves([SINGLE_TEMPERATURE])
     c300_atom = cv300[:, 0] / (THREE_R * context.data.n_atoms)
-    predicted, histories["direct"] = train_direct_cv300(
-        context.encoder_owner, context.encoded, c300_atom, context.split, context.config
+    predicted, history = train_direct_cv300(
+        context.encoder_owner,
+        context.encoded,
+        c300_atom,
+        context.split,
+        context.config,
+        state_path=state_path,
     )
-    test = context.split.test
-    cv = np.full((len(test), len(context.eval_grid)), np.nan)
+    tensors = {"c300_per_atom": torch.from_numpy(predicted[context.split.test])}
+    return tensors, {"history": dataclasses.asdict(history)}
+
+
+def direct_method(context: RunContext, c300_per_atom: np.ndarray) -> MethodCurves:
+    """The direct MLP's test predictions (C_v / (3 n R) at 300 K) as curves: a C_v column at
+    300 K, NaN elsewhere, no U."""
+    cv = np.full((len(context.split.test), len(context.eval_grid)), np.nan)
     cv[:, context.eval_grid.index(SINGLE_TEMPERATURE)] = (
-        predicted[test] * THREE_R * context.n_atoms_test
+        c300_per_atom * THREE_R * context.n_atoms_test
     )
     note = "predicts C_v per atom at 300 K (× n_atoms); N/A at other temperatures and for U"
     return MethodCurves("direct", "direct MLP on C_v(300 K)", None, cv, None, "300 K only", note)
@@ -1475,13 +1961,18 @@ def run_metrics(
 def write_outputs(
     out: Path, context: RunContext, methods: Sequence[MethodCurves], metrics: Mapping[str, Any]
 ) -> None:
-    """config.yaml, results.json, predictions.csv, report.md and the figures."""
+    """config.yaml, results.json, predictions.csv, report.md and the figures, each written
+    atomically: a run stopped at any moment leaves whole files."""
+    from train.common.files import atomic_write_text
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(context.config.to_dict(), sort_keys=False))
-    (out / RESULTS_FILE).write_text(json.dumps(_jsonable(metrics), indent=1))
+    atomic_write_text(
+        out / "config.yaml", yaml.safe_dump(context.config.to_dict(), sort_keys=False)
+    )
+    atomic_write_text(out / RESULTS_FILE, json.dumps(_jsonable(metrics), indent=1))
     write_predictions(out / PREDICTIONS_FILE, context, methods)
-    (out / REPORT_FILE).write_text(render_report(metrics))
-    if context.config.plots:
+    atomic_write_text(out / REPORT_FILE, render_report(metrics))
+    if context.config.plots and methods:  # nothing to draw before the first method
         write_figures(out / "figures", context, methods, metrics)
 
 
@@ -1534,9 +2025,11 @@ def write_predictions(path: Path, context: RunContext, methods: Sequence[MethodC
 
     Values are per mole of cells, in the units the column names end with and the report
     uses: ``theta_<method>_K``, ``cv300_<method>_J_per_mol_K``, ``u300_<method>_kJ_per_mol``
-    (``<method>`` is ``true`` for the targets).
+    (``<method>`` is ``true`` for the targets). Written atomically.
     """
     import csv
+
+    from train.common.files import atomic_write
 
     at300 = context.eval_grid.index(SINGLE_TEMPERATURE)
     columns = ["mp_id", "scope", "n_atoms", "cv300_true_J_per_mol_K", "u300_true_kJ_per_mol"]
@@ -1544,25 +2037,31 @@ def write_predictions(path: Path, context: RunContext, methods: Sequence[MethodC
         name = method.name
         columns += [f"theta_{name}_K", f"cv300_{name}_J_per_mol_K", f"u300_{name}_kJ_per_mol"]
     data = context.data
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for k, row in enumerate(context.split.test):
-            values: list[Any] = [
-                data.ids[row],
-                data.scopes[row],
-                int(data.n_atoms[row]),
-                f"{context.cv_test[k, at300]:.6g}",
-                f"{context.u_test[k, at300] * KJ_PER_J:.6g}",
+    rows: list[list[Any]] = []
+    for k, row in enumerate(context.split.test):
+        values: list[Any] = [
+            data.ids[row],
+            data.scopes[row],
+            int(data.n_atoms[row]),
+            f"{context.cv_test[k, at300]:.6g}",
+            f"{context.u_test[k, at300] * KJ_PER_J:.6g}",
+        ]
+        for method in methods:
+            u_kj = None if method.u is None else method.u * KJ_PER_J
+            values += [
+                _cell(method.theta, k, None, ".4f"),
+                _cell(method.cv, k, at300, ".6g"),
+                _cell(u_kj, k, at300, ".6g"),
             ]
-            for method in methods:
-                u_kj = None if method.u is None else method.u * KJ_PER_J
-                values += [
-                    _cell(method.theta, k, None, ".4f"),
-                    _cell(method.cv, k, at300, ".6g"),
-                    _cell(u_kj, k, at300, ".6g"),
-                ]
-            writer.writerow(values)
+        rows.append(values)
+
+    def write(temporary: Path) -> None:
+        with temporary.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def _cell(values: np.ndarray | None, row: int, column: int | None, spec: str) -> str:
@@ -1617,9 +2116,21 @@ def _mae_text(
 
 def render_report(metrics: Mapping[str, Any]) -> str:
     split = metrics["split"]
-    lines = [
-        f"# CLOUD-DEBYE on {metrics['data']}",
-        "",
+    lines = [f"# CLOUD-DEBYE on {metrics['data']}", ""]
+    if metrics.get("pending"):
+        lines += [
+            f"**Partial results**: still to train: {', '.join(metrics['pending'])} (the run "
+            "is going on, or was stopped). Rerun the same command with the same --out to "
+            f"resume: finished units are kept in {PROGRESS_DIR}/.",
+            "",
+        ]
+    if metrics.get("resumed_units"):
+        lines += [
+            f"Resumed: {', '.join(metrics['resumed_units'])} finished in an earlier run and "
+            f"were read back from {PROGRESS_DIR}/.",
+            "",
+        ]
+    lines += [
         f"Protocol {metrics['protocol']}, target {metrics['target']}, training temperatures "
         f"{_grid_text(metrics['train_temperatures'])} K; checkpoint `{metrics['checkpoint']}`.",
         "",
@@ -1637,8 +2148,9 @@ def render_report(metrics: Mapping[str, Any]) -> str:
     ]
     for name, history in metrics["training"].items():
         lines.append(
-            f"- {name}: best validation {history['best_val']:.4f} at epoch {history['best_epoch']} "
-            f"of {history['epochs_run']} ({history['wall_time_s']:.0f} s)"
+            f"- {name}: best validation {history['best_val']:.4f} at epoch "
+            f"{history['best_epoch'] + 1} of {history['epochs_run']} "
+            f"({history['wall_time_s']:.0f} s)"
         )
     lines += ["", "## Data", "", *(f"    {line}" for line in metrics["data_report"]), ""]
     return "\n".join(lines)
@@ -1693,6 +2205,16 @@ def write_figures(
     return paths
 
 
+def _save_figure(figure: Any, path: Path, dpi: int) -> None:
+    """Save a PNG atomically and close the figure."""
+    import matplotlib.pyplot as plt
+
+    from train.common.files import atomic_write
+
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=dpi, format="png"))
+    plt.close(figure)
+
+
 def plot_mae_vs_temperature(path: Path, context: RunContext, metrics: Mapping[str, Any]) -> None:
     """Test MAE per atom of C_v and U against T, one line per method (direct: one point)."""
     import matplotlib.pyplot as plt
@@ -1718,8 +2240,7 @@ def plot_mae_vs_temperature(path: Path, context: RunContext, metrics: Mapping[st
         f"Test-set MAE vs temperature ({metrics['data']}, {len(context.split.test)} materials)"
     )
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save_figure(figure, path, dpi=120)
 
 
 def plot_material_curves(
@@ -1757,8 +2278,7 @@ def plot_material_curves(
     for axis in list(axes.flat)[len(picks) :]:
         axis.axis("off")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save_figure(figure, path, dpi=110)
 
 
 def plot_theta_parity(path: Path, context: RunContext, methods: Sequence[MethodCurves]) -> None:
@@ -1785,5 +2305,4 @@ def plot_theta_parity(path: Path, context: RunContext, methods: Sequence[MethodC
     axis.set_ylabel("predicted θ_D, K")
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save_figure(figure, path, dpi=120)

@@ -11,6 +11,13 @@ Writes results.json, report.md, predictions.csv, figures/ and the trained model 
 (model/) to --out. --compare all also trains a direct MLP on C_v at 300 K and CLOUD-DEBYE
 under the single-temperature protocol, and evaluates the best constant θ and the per-material
 oracle Debye fit on the same test materials.
+
+Progress: a bar within each epoch when stderr is a terminal (progress=true|false forces it),
+else a log line every progress_every_s seconds (30), and one line per epoch. The outputs are
+written, marked partial, as soon as the untrained baselines are known and again after each
+model is trained. Rerunning the same command with the same --out resumes a stopped run:
+finished models are read back from <out>/progress/ and the interrupted one goes on after its
+last finished epoch (a run with another config, encoder or data there starts afresh).
 """
 
 from __future__ import annotations
@@ -149,7 +156,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from train.debye import load_config, results_table, run_debye
+    from train.debye import PROGRESS_DIR, load_config, output_directory, results_table, run_debye
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
@@ -175,7 +182,16 @@ def run(args: argparse.Namespace) -> int:
     if not config.checkpoint:
         print("error: cloud debye needs --checkpoint (or checkpoint: in --config)", file=sys.stderr)
         return 2
-    result = run_debye(config, progress=True)
+    try:
+        result = run_debye(config, progress=True)
+    except KeyboardInterrupt:
+        out = output_directory(config)
+        print(
+            f"\ninterrupted: partial results in {out} (report.md says what is missing); rerun "
+            f"the same command to resume from {out / PROGRESS_DIR}",
+            file=sys.stderr,
+        )
+        return 130
     print(results_table(result.metrics))
     print(f"\nresults: {result.out}/results.json, report: {result.out}/report.md")
     return 0
