@@ -791,7 +791,11 @@ HF_TORCH_FILE = "pytorch_model.bin"
 PRENORM_NOT_BERT = (
     "the model is pre-LN (prenorm=True): its blocks compute x + f(LN(x)) and end on a final "
     "LayerNorm, which BERT's post-LN layout LN(x + f(x)) cannot express, so no "
-    "BertForMaskedLM computes the same function; export it with --format cloud instead"
+    "BertForMaskedLM computes the same function. Export it with --format cloud "
+    "(cloud.load_pretrained) instead; every shipped pre-training config trains pre-LN, so for "
+    "a model transformers can load, pre-train a post-LN one without token features (BERT has "
+    "neither), e.g. cloud pretrain --config configs/pretrain/tiny.yaml "
+    "model.overrides.prenorm=false model.overrides.token_features=null, and export that"
 )
 
 
@@ -807,9 +811,11 @@ def save_hf_pretrained(
     """Write a Hugging Face ``BertForMaskedLM`` directory (``from_pretrained``-loadable).
 
     config.json in BERT's schema, model.safetensors under BERT's names (tied tensors dropped,
-    as ``transformers`` saves them), the tokenizer as BertTokenizer files (vocab.txt in id
-    order), a model card and SHA256SUMS. Only post-LN ``CloudForMaskedLM`` models have a
-    BERT equivalent; anything else raises ``ValueError`` saying why.
+    as ``transformers`` saves them), the tokenizer's Hugging Face files (``hf_files``: for the
+    SCOPE tokenizer a tokenizer.json that ``AutoTokenizer`` loads and that gives
+    ``ScopeTokenizer``'s ids), a model card (how to feed it, segments included) and
+    SHA256SUMS. Only post-LN ``CloudForMaskedLM`` models have a BERT equivalent; anything
+    else raises ``ValueError`` saying why and what to export instead.
     """
     from cloud.hf import hf_bert_config, state_dict_to_hf_bert
 
@@ -845,44 +851,54 @@ def save_hf_pretrained(
     files: dict[str, str | bytes] = {
         "config.json": json.dumps(hf_config, indent=2) + "\n",
         **tokenizer.hf_files(),
-        CARD_FILE: model_card(card_config, usage=_hf_usage(tokenizer)),
+        CARD_FILE: model_card(card_config, usage=_hf_usage(tokenizer, config)),
     }
     return write_package(out_dir, tensors, files, weights_file=HF_SAFETENSORS, overwrite=overwrite)
 
 
-def _hf_usage(tokenizer: Any) -> list[str]:
+def _hf_usage(tokenizer: Any, config: CloudConfig) -> list[str]:
+    """The model card's "Loading" section of a Hugging Face directory."""
     from tokenizer.released import ReleasedWordPieceTokenizer
 
     header = [
         "A Hugging Face `BertForMaskedLM` directory (post-LN CLOUD models are exactly BERT).",
         "",
-        "```python",
-        "from transformers import BertForMaskedLM, BertTokenizer",
-        "",
-        'model = BertForMaskedLM.from_pretrained("path/to/this/directory")',
     ]
     if isinstance(tokenizer, ReleasedWordPieceTokenizer):
         # The released WordPiece vocabulary tokenizes released SCOPE strings as they are.
         return [
             *header,
+            "```python",
+            "from transformers import BertForMaskedLM, BertTokenizer",
+            "",
+            'model = BertForMaskedLM.from_pretrained("path/to/this/directory")',
             'hf_tokenizer = BertTokenizer.from_pretrained("path/to/this/directory")',
             'logits = model(**hf_tokenizer(scope_string, return_tensors="pt")).logits',
             "```",
         ]
-    return [
+    lines = [
         *header,
-        "import torch",
-        "from tokenizer import ScopeTokenizer",
+        "tokenizer.json gives the ids of CLOUD's `ScopeTokenizer` (namespaced tokens: the "
+        "generator `O` and the element `O` are different tokens). Load it with "
+        "`AutoTokenizer`, not `BertTokenizer`, whose BERT pre-tokenizer turns SCOPE words "
+        "into [UNK].",
         "",
-        "tokenizer = ScopeTokenizer()  # vocab.txt lists its tokens in id order",
-        "batch = tokenizer.batch_encode([scope_string])",
-        "logits = model(",
-        "    input_ids=torch.from_numpy(batch.input_ids),",
-        "    attention_mask=torch.from_numpy(batch.attention_mask),",
-        "    token_type_ids=torch.from_numpy(batch.segment_ids),  # the SCOPE segments",
-        ").logits",
-        "```",
+        "```python",
+        "from transformers import AutoTokenizer, BertForMaskedLM",
+        "",
+        'model = BertForMaskedLM.from_pretrained("path/to/this/directory")',
+        'hf_tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")',
+        'batch = hf_tokenizer(scope_strings, padding=True, return_tensors="pt")',
     ]
+    if config.num_segments:
+        lines += [
+            "# The SCOPE segments (0 generators, 1 Wyckoff, 2 composition), which the model",
+            "# reads as token types: each '|' opens the next. The tokenizer cannot count them.",
+            'separator = hf_tokenizer.convert_tokens_to_ids("|")',
+            'segments = (batch["input_ids"] == separator).cumsum(-1).clamp(max=2)',
+            'batch["token_type_ids"] = segments * batch["attention_mask"]',
+        ]
+    return [*lines, "logits = model(**batch).logits", "```"]
 
 
 def read_hf_bert(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:

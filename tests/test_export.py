@@ -12,6 +12,8 @@ import argparse
 import csv
 import json
 import os
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -335,19 +337,71 @@ def test_hf_format_loads_in_transformers_with_same_logits(tmp_path: Path, tied: 
     ours = logits_of(model, batch)
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(theirs[mask], ours[mask], rtol=1e-4, atol=1e-4)
-    # vocab.txt is BertTokenizer-compatible: our tokens in id order, specials included.
-    hf_tokenizer = transformers.BertTokenizer.from_pretrained(out, local_files_only=True)
-    for scope in SCOPES:
-        tokens = ["[CLS]", *tokenizer.tokenize(scope), "[SEP]"]
-        assert hf_tokenizer.convert_tokens_to_ids(tokens) == tokenizer.encode(scope)
-    assert hf_tokenizer.pad_token_id == tokenizer.pad_id
-    assert hf_tokenizer.mask_token_id == tokenizer.mask_id
+    # The model card's code, run as written: AutoTokenizer and the segments it derives from
+    # the ids give CLOUD's logits.
+    card = (out / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "AutoTokenizer" in code and "BertTokenizer.from_pretrained" not in code
+    namespace: dict[str, Any] = {"scope_strings": SCOPES}
+    exec(code.replace("path/to/this/directory", str(out)), namespace)
+    torch.testing.assert_close(namespace["logits"][mask], ours[mask], rtol=1e-4, atol=1e-4)
+    assert namespace["hf_tokenizer"].mask_token_id == tokenizer.mask_id
 
 
-def test_hf_format_refuses_pre_ln_with_the_reason(debug_model, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="pre-LN"):
+def test_hf_tokenizer_gives_the_scope_tokenizer_ids_of_every_released_string(
+    tmp_path: Path,
+) -> None:
+    transformers = hf_transformers()
+    tokenizer = ScopeTokenizer()
+    for name, text in tokenizer.hf_files().items():
+        (tmp_path / name).write_text(text)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+        "PreTrainedTokenizerFast"
+    )
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    strings = released_strings()
+    assert len(strings) > 11_000
+    expected = [tokenizer.encode(text) for text in strings]
+    assert not any(tokenizer.unk_id in ids for ids in expected)
+    assert hf(strings)["input_ids"] == expected
+    # Namespaces are per segment: the generator O and the element O are different ids.
+    assert hf("O O | 2a | O 1.0")["input_ids"] == tokenizer.encode("O O | 2a | O 1.0")
+    assert tokenizer.token_to_id["G:O"] != tokenizer.token_to_id["E:O"]
+    # Malformed strings too (words out of their segment, extra or missing separators, '|x').
+    rng = random.Random(0)
+    words = sorted({w for text in strings[:500] for w in text.split()} | {"|x", "9z", "Qq"})
+    odd = [" ".join(rng.choices(words + ["|"] * 8, k=rng.randint(1, 40))) for _ in range(500)]
+    assert hf(odd)["input_ids"] == [tokenizer.encode(text) for text in odd]
+    # Padding, truncation (keeping [SEP]) and decoding as ScopeTokenizer does them.
+    batch = hf(strings[:7], padding=True, return_tensors="np")
+    assert set(batch) == {"input_ids", "attention_mask"}  # no all-zero token types
+    ours = tokenizer.batch_encode(strings[:7])
+    assert (batch["input_ids"] == ours.input_ids).all()
+    assert (batch["attention_mask"] == ours.attention_mask).all()
+    long_text = "0 " * 10 + "| " + "1a " * 200 + "| O 1.0"
+    truncated = tokenizer.batch_encode([long_text], truncate=True).input_ids[0].tolist()
+    assert hf(long_text, truncation=True)["input_ids"] == truncated
+    for text, ids in zip(strings[::1000], expected[::1000], strict=True):
+        assert hf.decode(ids, skip_special_tokens=True) == tokenizer.decode(ids) == text
+
+
+def test_hf_format_refuses_pre_ln_saying_how_to_get_a_model_it_exports(
+    debug_model, tmp_path: Path
+) -> None:
+    from train.pretrain import load_config, model_config
+
+    with pytest.raises(ValueError, match="pre-LN") as refusal:
         save_hf_pretrained(debug_model, ScopeTokenizer(), tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+    # The message's recipe is a post-LN model without token features, which exports.
+    recipe = re.search(r"cloud pretrain --config (\S+) (.+?), and export", str(refusal.value))
+    assert recipe is not None, str(refusal.value)
+    config = load_config(REPO / recipe.group(1), recipe.group(2).split())
+    tokenizer = ScopeTokenizer()
+    cloud_config = model_config(config, tokenizer.vocab_size, tokenizer.pad_id)
+    assert not cloud_config.prenorm and cloud_config.token_features is None
+    save_hf_pretrained(CloudForMaskedLM(cloud_config), tokenizer, tmp_path / "post-ln")
+    assert (tmp_path / "post-ln" / "tokenizer.json").is_file()
 
 
 def released_bert(tmp_path: Path, **shape) -> tuple[Path, Any]:

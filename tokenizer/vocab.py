@@ -164,10 +164,10 @@ class Vocabulary:
     def hf_files(self) -> dict[str, str]:
         """The Hugging Face ``BertTokenizer`` files of this vocabulary (name → text).
 
-        The SCOPE tokenizer's namespaced tokens (``G:a``, ``W:4a``, ``E:Na``, ``F:0.5``) are
-        whole vocab.txt entries, so ``BertTokenizer.convert_tokens_to_ids`` gives our ids; the
-        tokens themselves come from ``tokenize`` (BERT's own pre-tokenizer would split them
-        at ':').
+        Right for a vocabulary whose whitespace-separated words are its tokens (the released
+        WordPiece vocabulary): vocab.txt lists the tokens in id order, later ones go to
+        added_tokens.json. ``ScopeTokenizer`` writes other files (its words are not its
+        tokens).
         """
         added = {t: i for i, t in enumerate(self.tokens) if i >= self.num_base_tokens}
         special = {
@@ -217,6 +217,28 @@ class Vocabulary:
         return hash(self.tokens)
 
 
+# The namespaces of ``ScopeTokenizer.tokenize`` as Oniguruma regexes (those of the Hugging
+# Face ``tokenizers`` library) for its ``Replace`` normalizer. Each matches the empty string at
+# the start of the words it prefixes, so the replacement inserts the prefix. A word's segment
+# is the number of "|" words before it (a variable-length look-behind); the rules run in this
+# order: E first, so that the digit rules see unprefixed words only, and G last.
+_AFTER_SEPARATOR = r"(?:^|\s)\|\s[\s\S]*"
+_AFTER_TWO_SEPARATORS = r"(?:^|\s)\|\s(?:[\s\S]*\s)?\|\s[\s\S]*"
+_WORD_START = r"(?<!\S)"
+_NOT_SEPARATOR = r"(?!\|(?:\s|$))"
+HF_NAMESPACE_RULES: tuple[tuple[str, str], ...] = (
+    # segment >= 1, not starting with a digit: an element
+    (rf"(?<={_AFTER_SEPARATOR}){_WORD_START}(?=[^\s\d]){_NOT_SEPARATOR}", "E:"),
+    # segment 1, starting with a digit: a Wyckoff symbol
+    (rf"(?<={_AFTER_SEPARATOR})(?<!{_AFTER_TWO_SEPARATORS}){_WORD_START}(?=\d)", "W:"),
+    # segment >= 2, starting with a digit: a fraction
+    (rf"(?<={_AFTER_TWO_SEPARATORS}){_WORD_START}(?=\d)", "F:"),
+    # segment 0: a generator character
+    (rf"(?<!{_AFTER_SEPARATOR}){_WORD_START}(?=\S){_NOT_SEPARATOR}", "G:"),
+)
+HF_TOKENIZER_FILE = "tokenizer.json"
+
+
 class ScopeTokenizer(Vocabulary):
     """Token ids for SCOPE strings of any variant, with a closed vocabulary."""
 
@@ -263,6 +285,107 @@ class ScopeTokenizer(Vocabulary):
             else:
                 words.append(token.split(":", 1)[1] if ":" in token else token)
         return " ".join(words)
+
+    # ------------------------------------------------------------------ Hugging Face
+
+    def hf_files(self) -> dict[str, str]:
+        """Hugging Face tokenizer files (name → text) that give this tokenizer's ids.
+
+        ``tokenizer.json`` (``tokenizers``: a WordLevel model over ``tokens``, after a
+        normalizer that writes each word's namespace in front of it as ``tokenize`` does,
+        ``HF_NAMESPACE_RULES``, and a whitespace split; [CLS] … [SEP] around it; a decoder
+        that drops the namespaces again) and a tokenizer_config.json naming
+        ``PreTrainedTokenizerFast``, so ``AutoTokenizer.from_pretrained`` gives ``encode``'s
+        ids, pads with [PAD] and truncates keeping [SEP] as ``batch_encode(truncate=True)``.
+
+        Differences: [CLS], [SEP], [MASK], [PAD] and [UNK] written in the text are those
+        tokens (fill-mask needs [MASK]; ``tokenize`` reads them as words, i.e. [UNK]), and the
+        tokenizer returns no token_type_ids: the SCOPE segments (``segment_ids``) depend on
+        the "|" before each token, which no ``tokenizers`` post-processor can count, so the
+        caller derives them from input_ids (the model card says how).
+        """
+        special = {
+            "cls_token": "[CLS]",
+            "mask_token": "[MASK]",
+            "pad_token": "[PAD]",
+            "sep_token": "[SEP]",
+            "unk_token": "[UNK]",
+        }
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": self.max_length,
+            "model_input_names": ["input_ids", "attention_mask"],
+            "padding_side": "right",
+            "truncation_side": "right",
+            "clean_up_tokenization_spaces": False,
+            **special,
+        }
+        return {
+            HF_TOKENIZER_FILE: json.dumps(self.hf_tokenizer_json(), indent=1) + "\n",
+            "special_tokens_map.json": json.dumps(special, indent=2) + "\n",
+            "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+        }
+
+    def hf_tokenizer_json(self) -> dict:
+        """The ``tokenizers`` serialisation (tokenizer.json) described in ``hf_files``."""
+
+        def special_token(token: str, type_id: int = 0) -> dict:
+            return {"SpecialToken": {"id": token, "type_id": type_id}}
+
+        def sequence(name: str, type_id: int) -> dict:
+            return {"Sequence": {"id": name, "type_id": type_id}}
+
+        added = [
+            {
+                "id": self.token_to_id[token],
+                "content": token,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for token in SPECIAL_TOKENS
+        ]
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": added,
+            "normalizer": {
+                "type": "Sequence",
+                "normalizers": [
+                    {"type": "Replace", "pattern": {"Regex": pattern}, "content": prefix}
+                    for pattern, prefix in HF_NAMESPACE_RULES
+                ],
+            },
+            "pre_tokenizer": {"type": "WhitespaceSplit"},
+            "post_processor": {
+                "type": "TemplateProcessing",
+                "single": [special_token("[CLS]"), sequence("A", 0), special_token("[SEP]")],
+                "pair": [
+                    special_token("[CLS]"),
+                    sequence("A", 0),
+                    special_token("[SEP]"),
+                    sequence("B", 1),
+                    special_token("[SEP]", 1),
+                ],
+                "special_tokens": {
+                    token: {"id": token, "ids": [self.token_to_id[token]], "tokens": [token]}
+                    for token in ("[CLS]", "[SEP]")
+                },
+            },
+            # Each token loses its namespace and gains a leading space; the first space goes.
+            "decoder": {
+                "type": "Sequence",
+                "decoders": [
+                    {"type": "Replace", "pattern": {"Regex": "^(?:[^:]*:)?"}, "content": " "},
+                    {"type": "Fuse"},
+                    {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+                ],
+            },
+            "model": {"type": "WordLevel", "vocab": dict(self.token_to_id), "unk_token": "[UNK]"},
+        }
 
     # ------------------------------------------------------------------ persistence
 

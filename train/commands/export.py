@@ -23,7 +23,9 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
             "consolidated), or an existing package (re-exported in another dtype or format). "
             "--format cloud writes model.safetensors, config.json, vocab.json, README.md and "
             "SHA256SUMS, loadable with cloud.load_pretrained without DeepSpeed; --format hf "
-            "writes a Hugging Face BertForMaskedLM directory (post-LN models only)."
+            "writes a Hugging Face BertForMaskedLM directory whose tokenizer.json gives "
+            "ScopeTokenizer's ids through AutoTokenizer (post-LN models only; the shipped "
+            "pre-training configs are pre-LN: the refusal says how to train a post-LN one)."
         ),
     )
     export.add_argument("checkpoint", metavar="CHECKPOINT", help="run, checkpoint or package dir")
