@@ -162,7 +162,8 @@ def test_layer_wise_learning_rates() -> None:
 
 
 def test_lr_schedule() -> None:
-    factors = [FT.lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    kwargs = {"warmup_steps": 10, "max_steps": 100, "min_ratio": 0.1}
+    factors = [FT.lr_factor(s, **kwargs) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0
     assert factors[-1] == pytest.approx(0.1)
     assert all(a >= b for a, b in itertools.pairwise(factors[9:]))

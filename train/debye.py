@@ -73,6 +73,8 @@ from train.commands.debye import (
     TARGETS,
     parse_temperatures,
 )
+from train.common.devices import resolve_device
+from train.common.schedule import lr_factor
 from train.config import apply_overrides, build_config, read_yaml_mapping
 
 logger = logging.getLogger(__name__)
@@ -645,14 +647,6 @@ def parameter_groups(
     ]
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warm-up, then cosine decay to ``min_ratio`` of the peak."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min((step - warmup_steps) / max(total_steps - warmup_steps - 1, 1), 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 @dataclass
 class FitHistory:
     """What one training loop did."""
@@ -717,7 +711,10 @@ def fit(
         for batch in batches:
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * lr_factor(
-                    progress.step, total, warmup, config.min_lr_ratio
+                    progress.step,
+                    warmup_steps=warmup,
+                    max_steps=total,
+                    min_ratio=config.min_lr_ratio,
                 )
             loss = batch_loss(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -1408,12 +1405,6 @@ class DebyeRunResult:
     model: CloudDebye
     split: MaterialSplit
     data: ThermalData
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def checkpoint_variant(pretrained: Any) -> str:

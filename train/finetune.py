@@ -46,6 +46,8 @@ import torch.nn.functional as F
 import yaml
 
 from cloud.heads import CloudForPropertyPrediction, HeadConfig
+from train.common.devices import resolve_device
+from train.common.schedule import lr_factor
 from train.config import apply_overrides, build_config, read_yaml_mapping
 from train.tasks import (
     REGRESSION_METRICS,
@@ -362,20 +364,6 @@ def _depth_scale(name: str, n_layers: int, decay: float) -> float:
     return 1.0  # the final LayerNorm sits on top of the last block
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warm-up from 1/warmup_steps, then cosine decay to ``min_ratio``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min((step - warmup_steps) / max(total_steps - warmup_steps - 1, 1), 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 # --------------------------------------------------------------------------------- one fold
 
 
@@ -606,7 +594,12 @@ class _FoldTrainer:
             self._set_train_mode(frozen)
             losses = []
             for batch_ids in _batches(rng.permutation(self.rows.train).tolist(), config.batch_size):
-                factor = lr_factor(step, total_steps, warmup_steps, config.min_lr_ratio)
+                factor = lr_factor(
+                    step,
+                    warmup_steps=warmup_steps,
+                    max_steps=total_steps,
+                    min_ratio=config.min_lr_ratio,
+                )
                 losses.append(self._train_step(optimizer, batch_ids, factor))
                 step += 1
             record = {"epoch": epoch, "train/loss": float(np.mean(losses)), **self.validate()}

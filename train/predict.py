@@ -63,7 +63,8 @@ def load_predictor(path: str | os.PathLike[str], device: str = "auto") -> Predic
     """A fine-tuned export package (``cloud finetune`` writes ``OUT/model``); the run
     directory itself is accepted too."""
     from cloud.export import is_package, load_pretrained
-    from train.finetune import checkpoint_variant, resolve_device
+    from train.common.devices import resolve_device
+    from train.finetune import checkpoint_variant
 
     path = Path(path)
     if not is_package(path) and is_package(path / "model"):

@@ -44,6 +44,7 @@ from cloud import CloudConfig, CloudForMaskedLM, count_parameters, family
 from cloud.model import IGNORE_INDEX
 from train import checkpoint as ckpt
 from train.common.paths import env_with_repository
+from train.common.schedule import lr_factor
 from train.config import apply_overrides, build_config, read_yaml_mapping
 from train.distributed import (
     DistInfo,
@@ -323,19 +324,6 @@ def model_config(config: PretrainConfig, vocab_size: int, pad_id: int) -> CloudC
 
 
 # ----------------------------------------------------------------------- schedule & optim
-
-
-def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
-    """LR multiplier of the ``step``-th optimizer step (0-based): linear warm-up, cosine decay.
-
-    Warm-up starts at 1/warmup_steps (not 0: a zero-LR first step would be wasted) and reaches
-    1 at step warmup_steps - 1; the cosine then falls to ``min_ratio`` at the last step.
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    decay_steps = max(max_steps - warmup_steps - 1, 1)
-    progress = min((step - warmup_steps) / decay_steps, 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimSection, device: torch.device):
