@@ -73,7 +73,9 @@ from train.commands.debye import (
     TARGETS,
     parse_temperatures,
 )
+from train.common.batching import make_batch
 from train.common.devices import resolve_device
+from train.common.optim import parameter_groups
 from train.common.schedule import lr_factor
 from train.config import apply_overrides, build_config, read_yaml_mapping
 
@@ -599,52 +601,11 @@ def encode_scopes(
     return ids, too_long
 
 
-def make_batch(
-    tokenizer: Any, sequences: Sequence[Sequence[int]], device: torch.device | str = "cpu"
-) -> dict[str, torch.Tensor | None]:
-    """Padded model inputs of token-id sequences (no mask when nothing is padded)."""
-    length = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), length), tokenizer.pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), length), dtype=torch.long)
-    segments = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.as_tensor(ids)
-        attention[row, : len(ids)] = 1
-        segments[row, : len(ids)] = torch.as_tensor(tokenizer.segment_ids(ids))
-    padded = not bool(attention.all())
-    return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention.to(device) if padded else None,
-        "segment_ids": segments.to(device),
-    }
-
-
 def _chunks(indices: np.ndarray, size: int) -> list[np.ndarray]:
     return [indices[start : start + size] for start in range(0, len(indices), size)]
 
 
 # --------------------------------------------------------------------------- optimisation
-
-
-def parameter_groups(
-    model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float
-) -> list[dict[str, Any]]:
-    """AdamW groups: encoder vs head learning rate, decay on matrices only."""
-    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        rate = head_lr if name.startswith("head.") else lr
-        groups.setdefault((rate, param.ndim >= 2), []).append(param)
-    return [
-        {
-            "params": params,
-            "lr": rate,
-            "initial_lr": rate,
-            "weight_decay": weight_decay if decayed else 0.0,
-        }
-        for (rate, decayed), params in groups.items()
-    ]
 
 
 @dataclass

@@ -46,7 +46,9 @@ import torch.nn.functional as F
 import yaml
 
 from cloud.heads import CloudForPropertyPrediction, HeadConfig
+from train.common.batching import make_batch
 from train.common.devices import resolve_device
+from train.common.optim import parameter_groups as shared_parameter_groups
 from train.common.schedule import lr_factor
 from train.config import apply_overrides, build_config, read_yaml_mapping
 from train.tasks import (
@@ -304,64 +306,23 @@ def encode_examples(data: TaskData, tokenizer: Any, max_length: int) -> Encoded:
     return Encoded(ids, too_long)
 
 
-def make_batch(
-    tokenizer: Any, sequences: Sequence[list[int]], device: torch.device
-) -> dict[str, torch.Tensor | None]:
-    """Model inputs of token-id sequences, padded to the longest (any package tokenizer:
-    the SCOPE one or the released WordPiece one, through ``pad_id``/``segment_ids``)."""
-    length = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), length), tokenizer.pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), length), dtype=torch.long)
-    segments = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
-        segments[row, : len(ids)] = torch.tensor(tokenizer.segment_ids(ids))
-    has_padding = not bool(attention.all())
-    return {
-        "input_ids": input_ids.to(device),
-        # No mask without padding: same result, and SDPA may use its fastest kernels.
-        "attention_mask": attention.to(device) if has_padding else None,
-        "segment_ids": segments.to(device),
-    }
-
-
 # --------------------------------------------------------------------------------- optim
 
 
 def parameter_groups(
     model: CloudForPropertyPrediction, config: FinetuneConfig
 ) -> list[dict[str, Any]]:
-    """AdamW groups: per encoder depth (layer-wise LR decay) and for the head, each split
-    into decayed matrices and undecayed biases / LayerNorms."""
-    n_layers = model.config.num_layers
-    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        lr = (
-            config.head_lr
-            if name.startswith("head.")
-            else config.lr * _depth_scale(name, n_layers, config.layer_decay)
-        )
-        groups.setdefault((lr, param.ndim >= 2), []).append(param)
-    return [
-        {
-            "params": params,
-            "lr": lr,
-            "initial_lr": lr,
-            "weight_decay": config.weight_decay if decayed else 0.0,
-        }
-        for (lr, decayed), params in groups.items()
-    ]
-
-
-def _depth_scale(name: str, n_layers: int, decay: float) -> float:
-    """LR multiplier of an encoder parameter: 1 at the top, ``decay`` per block below."""
-    if name.startswith("encoder.embeddings."):
-        return decay**n_layers
-    if name.startswith("encoder.layers."):
-        index = int(name.split(".")[2])
-        return decay ** (n_layers - 1 - index)
-    return 1.0  # the final LayerNorm sits on top of the last block
+    """AdamW groups of ``config`` (``train.common.optim.parameter_groups``): layer-wise LR
+    decay over the encoder, ``head_lr`` for the head, decay on matrices only. Every parameter
+    is in a group, the encoder included while ``freeze_encoder_epochs`` keep it frozen."""
+    return shared_parameter_groups(
+        model,
+        config.lr,
+        config.head_lr,
+        config.weight_decay,
+        layer_decay=config.layer_decay,
+        trainable_only=False,
+    )
 
 
 # --------------------------------------------------------------------------------- one fold

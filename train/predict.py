@@ -149,7 +149,7 @@ def _prepare(predictor: Predictor, record: Any) -> tuple[Prediction, list[int] |
 def _run_batch(
     predictor: Predictor, pending: list[tuple[Prediction, list[int]]]
 ) -> list[Prediction]:
-    from train.finetune import make_batch
+    from train.common.batching import make_batch
 
     inputs = make_batch(predictor.tokenizer, [ids for _, ids in pending], predictor.device)
     outputs = predictor.model.predict(**inputs).cpu()
