@@ -134,7 +134,7 @@ def save_checkpoint(
     engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
     torch.save(rank_state, staging / tag / f"rank_state_{rank:05d}.pt")
     if rank == 0:
-        trainer_state = {"step": step, "world_size": world_size, **_jsonable(client_state)}
+        trainer_state = {"step": step, "world_size": world_size, **_json_scalars(client_state)}
         files = {**metadata, "trainer_state.json": json.dumps(trainer_state, indent=1)}
         for name, text in files.items():
             (staging / tag / name).write_text(text)
@@ -211,5 +211,9 @@ def load_checkpoint(
     return tag, dict(client_state or {}), rank_state
 
 
-def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+def _json_scalars(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` that are JSON scalars (int, float, str, bool, None); the
+    others are left out. Not ``train.common.serialization.jsonable``, which converts every
+    value: a client state may hold objects (tensors, configs) that the JSON trainer state of
+    a checkpoint must not carry, and DeepSpeed saves the whole client state anyway."""
     return {k: v for k, v in values.items() if isinstance(v, (int, float, str, bool, type(None)))}

@@ -76,7 +76,9 @@ from train.commands.debye import (
 from train.common.batching import make_batch
 from train.common.devices import resolve_device
 from train.common.optim import parameter_groups
+from train.common.packages import checkpoint_variant
 from train.common.schedule import lr_factor
+from train.common.serialization import jsonable
 from train.config import apply_overrides, build_config, read_yaml_mapping
 
 logger = logging.getLogger(__name__)
@@ -1368,16 +1370,6 @@ class DebyeRunResult:
     data: ThermalData
 
 
-def checkpoint_variant(pretrained: Any) -> str:
-    """The SCOPE variant the package's model reads; cloud when it does not say."""
-    config = getattr(pretrained, "config", None) or {}
-    record = config.get("tokenizer", {}) if isinstance(config, dict) else {}
-    if isinstance(record.get("variant"), str):
-        return record["variant"]
-    metadata = getattr(pretrained, "metadata", None) or {}
-    return (metadata.get("training_data") or {}).get("variant") or "cloud"
-
-
 def _drop_rows(data: ThermalData, keep: np.ndarray, reason: str, count: int) -> ThermalData:
     if count == 0:
         return data
@@ -1594,7 +1586,7 @@ def run_fingerprint(context: RunContext) -> dict[str, Any]:
         "encoder_sha256": tensor_digest(context.encoder_owner.state_dict()),
         "data_sha256": data.hexdigest(),
     }
-    return json.loads(json.dumps(_jsonable(fingerprint)))
+    return json.loads(json.dumps(jsonable(fingerprint)))
 
 
 def tensor_digest(state: Mapping[str, torch.Tensor]) -> str:
@@ -1921,7 +1913,7 @@ def write_outputs(
     atomic_write_text(
         out / "config.yaml", yaml.safe_dump(context.config.to_dict(), sort_keys=False)
     )
-    atomic_write_text(out / RESULTS_FILE, json.dumps(_jsonable(metrics), indent=1))
+    atomic_write_text(out / RESULTS_FILE, json.dumps(jsonable(metrics), indent=1))
     write_predictions(out / PREDICTIONS_FILE, context, methods)
     atomic_write_text(out / REPORT_FILE, render_report(metrics))
     if context.config.plots and methods:  # nothing to draw before the first method
@@ -1934,20 +1926,6 @@ def _protocol_label(config: DebyeTrainConfig) -> str:
     T = config.train_temperatures()
     quantity = {"cv": "C_v", "u": "U", "both": "C_v + U"}[config.resolved_target]
     return f"{quantity} on {min(T):g}–{max(T):g} K, {len(T)} temperatures"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def save_debye_model(
@@ -1968,7 +1946,7 @@ def save_debye_model(
         "training_data": {"variant": variant},
     }
     save_pretrained(
-        model.eval(), tokenizer, path, metadata=_jsonable(metadata), variant=variant, overwrite=True
+        model.eval(), tokenizer, path, metadata=jsonable(metadata), variant=variant, overwrite=True
     )
 
 

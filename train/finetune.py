@@ -49,7 +49,9 @@ from cloud.heads import CloudForPropertyPrediction, HeadConfig
 from train.common.batching import make_batch
 from train.common.devices import resolve_device
 from train.common.optim import parameter_groups as shared_parameter_groups
+from train.common.packages import checkpoint_variant
 from train.common.schedule import lr_factor
+from train.common.serialization import jsonable
 from train.config import apply_overrides, build_config, read_yaml_mapping
 from train.tasks import (
     REGRESSION_METRICS,
@@ -748,7 +750,7 @@ class _FoldTrainer:
         scores = score_classification([truth[i] for i in scored], probabilities, n_classes)
         if n_classes == 2:  # Matbench records P(positive class) for binary tasks
             return {i: float(v[1]) for i, v in outputs.items()}, scores
-        labels = {i: _jsonable(self.classes[int(np.argmax(v))]) for i, v in outputs.items()}
+        labels = {i: jsonable(self.classes[int(np.argmax(v))]) for i, v in outputs.items()}
         return labels, scores
 
     def _parameters(self, truth: Mapping[str, Any], baseline: dict[str, float]) -> dict[str, Any]:
@@ -765,13 +767,9 @@ class _FoldTrainer:
             "excluded_train_val": dict(sorted(rows.excluded.items())),
             "test_fallback_to_train_mean": dict(sorted(rows.test_fallback.items())),
             "official_fold_train": len(self.data.fold(self.fold_index).train_ids),
-            "classes": [_jsonable(c) for c in self.classes] if self.classes else None,
+            "classes": [jsonable(c) for c in self.classes] if self.classes else None,
             "baseline_scores": baseline,
         }
-
-
-def _jsonable(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 # --------------------------------------------------------------------------------- a run
@@ -793,18 +791,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     from cloud.export import load_pretrained
 
     return load_pretrained(path)
-
-
-def checkpoint_variant(pretrained: Any) -> str:
-    """The SCOPE variant the package's model reads (its tokenizer record, else the training
-    data in its metadata); cloud when the package does not say."""
-    config = getattr(pretrained, "config", None)
-    tokenizer_record = config.get("tokenizer", {}) if isinstance(config, dict) else {}
-    if isinstance(tokenizer_record.get("variant"), str):
-        return tokenizer_record["variant"]
-    metadata = getattr(pretrained, "metadata", None) or {}
-    training_data = metadata.get("training_data") or {}
-    return training_data.get("variant") or metadata.get("variant") or "cloud"
 
 
 def run_finetune(

@@ -64,7 +64,7 @@ def load_predictor(path: str | os.PathLike[str], device: str = "auto") -> Predic
     directory itself is accepted too."""
     from cloud.export import is_package, load_pretrained
     from train.common.devices import resolve_device
-    from train.finetune import checkpoint_variant
+    from train.common.packages import checkpoint_variant
 
     path = Path(path)
     if not is_package(path) and is_package(path / "model"):
