@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from train.common.files import atomic_write_text
 from train.common.paths import REPO, env_with_repository
 
 DATA = REPO / "data"
@@ -122,9 +122,7 @@ class Demo:
         start = time.perf_counter()
         outputs = body(directory)
         result = StageResult(name, time.perf_counter() - start, outputs)
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result.__dict__, indent=1))
-        os.replace(tmp, marker)
+        atomic_write_text(marker, json.dumps(result.__dict__, indent=1))
         self.results[name] = result
         self.say(f"[{index}/{total}] {name}: done in {result.seconds:.0f} s")
 

@@ -21,6 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from train.common.files import atomic_write_text
+
 
 @dataclass(frozen=True)
 class Block:
@@ -397,7 +399,5 @@ def write_demo_report(out: Path, stages: dict[str, Any]) -> dict[str, Path]:
     blocks = build_blocks(out, stages)
     paths = {"markdown": out / "report.md", "html": out / "report.html"}
     for key, text in (("markdown", render_markdown(blocks, out)), ("html", render_html(blocks))):
-        tmp = paths[key].with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, paths[key])
+        atomic_write_text(paths[key], text)
     return paths

@@ -48,6 +48,7 @@ import yaml
 from cloud.heads import CloudForPropertyPrediction, HeadConfig
 from train.common.batching import make_batch
 from train.common.devices import resolve_device
+from train.common.files import atomic_write
 from train.common.optim import parameter_groups as shared_parameter_groups
 from train.common.packages import checkpoint_variant
 from train.common.schedule import lr_factor
@@ -1082,11 +1083,14 @@ def write_results(
     summary: Mapping[str, Any],
     config: FinetuneConfig,
 ) -> None:
+    """Write the Matbench results document (gzipped JSON) to ``path`` atomically."""
     document = matbench_document(task, results, summary, config)
-    tmp = path.with_suffix(".tmp")
-    with gzip.open(tmp, "wt") as handle:
-        json.dump(document, handle)
-    os.replace(tmp, path)
+
+    def write(temporary: Path) -> None:
+        with gzip.open(temporary, "wt") as handle:
+            json.dump(document, handle)
+
+    atomic_write(path, write)
 
 
 def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:

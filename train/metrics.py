@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from train.common.files import atomic_write_text
+
 # Dense bf16 tensor-core peak, FLOP/s, matched by substring of torch.cuda.get_device_name()
 # (longest match wins, so "H100 PCIe" beats "H100"). Sources: NVIDIA data sheets.
 GPU_PEAK_BF16_FLOPS: dict[str, float] = {
@@ -219,9 +221,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
             continue  # a line cut by the kill that interrupted the run
         if record.get("step", 0) <= last_step:
             kept.append(line)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
