@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cluster.corpus import DEFAULT_MEMO_ENTRIES
+from cluster.ray_env import setdefault_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_PER_CORE = 250.0
@@ -231,13 +232,8 @@ def main() -> None:
     source = args.data / "corpus" / "structures.jsonl.gz"
     if not source.is_file():
         source = REPO / "data" / "corpus" / "structures_sample.jsonl.gz"
-    for name, value in {
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "SPGLIB_WARNING": "OFF",
-    }.items():
-        os.environ.setdefault(name, value)
+    setdefault_loopback(os.environ)
+    os.environ.setdefault("SPGLIB_WARNING", "OFF")
 
     import ray
 

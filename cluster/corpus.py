@@ -55,6 +55,8 @@ from cluster.manifest import (
     tool_version,
     write_json_atomic,
 )
+from cluster.ray_env import LOOPBACK_ENV as LOOPBACK_ENV  # re-exported: its old home
+from cluster.ray_env import setdefault_loopback
 from tokenizer.scope import (
     DEFAULT_ANGLE_TOLERANCE,
     DEFAULT_SYMPREC,
@@ -92,12 +94,6 @@ MAX_RETRIES = 3
 # Test-only fault injection: a path; the first task to create it (O_EXCL) dies mid-unit.
 KILL_ONCE_ENV = "CLOUD_CORPUS_TEST_KILL_ONCE"
 
-# Without these a local Ray listens on every interface; the builder keeps it on loopback.
-LOOPBACK_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
 
 _TAR_BLOCK = tarfile.BLOCKSIZE
 _TAR_RECORD = tarfile.RECORDSIZE
@@ -855,8 +851,7 @@ def ray_runtime(ray_address: str | None, workers: int | None) -> Iterator[int]:
         if ray_address:
             ray.init(address=ray_address, log_to_driver=False)
         else:
-            for name, value in LOOPBACK_ENV.items():
-                os.environ.setdefault(name, value)
+            setdefault_loopback(os.environ)
             ray.init(
                 num_cpus=workers or os.cpu_count() or 1,
                 include_dashboard=False,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from cluster.ray_env import setdefault_loopback
+
 # Ray must stay on loopback: without these it listens on every interface.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+setdefault_loopback(os.environ)
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.corpus import KILL_ONCE_ENV, LOOPBACK_ENV, build_corpus, dedup_key
+from cluster.corpus import KILL_ONCE_ENV, build_corpus, dedup_key
 from cluster.manifest import COUNT_FIELDS, FORMAT_NAME, read_manifest, sha256_file
+from cluster.ray_env import setdefault_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "corpus" / "structures_sample.jsonl.gz"
@@ -136,8 +137,7 @@ def assert_balanced(manifest: dict) -> None:
 
 
 def loopback_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({k: env.get(k, v) for k, v in LOOPBACK_ENV.items()})
+    env = setdefault_loopback(dict(os.environ))
     env["PYTHONPATH"] = str(REPO)
     return env
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.ray_env import LOOPBACK_ENV
 from cluster.slurm import (
     PORT_SPAN,
     Executables,
@@ -648,9 +649,7 @@ def local_ray_head() -> Iterator[LocalRay]:
     ports = free_ports(10)
     env = {
         **os.environ,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_USAGE_STATS_ENABLED": "0",
+        **LOOPBACK_ENV,
         "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
     }
     command = [

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.ray_env import setdefault_loopback
 from train.common.files import atomic_write_text
 from train.common.paths import REPO, env_with_repository
 
@@ -74,10 +75,7 @@ def cloud_command(*args: str) -> list[str]:
 def child_env() -> dict[str, str]:
     env = env_with_repository()
     env.setdefault("DS_ACCELERATOR", "cpu")
-    # Ray listens on loopback only.
-    env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    env.setdefault("RAY_AUTH_MODE", "disabled")
-    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    setdefault_loopback(env)  # the corpus stage's Ray listens on loopback only
     return env
 
 
