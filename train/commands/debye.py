@@ -28,6 +28,8 @@ import re
 import sys
 from collections.abc import Sequence
 
+from train.commands.arguments import add_overrides
+
 # Shared with train.debye, defined here with the standard library only so that building the
 # `cloud` parser does not import torch.
 SOURCES = ("petretto", "phonondb")
@@ -144,12 +146,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, help="split, init and batch-order seed")
     parser.add_argument("--device", help="auto (default), cpu, cuda …")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="dotted config overrides parsed as YAML, e.g. epochs=20 head.dropout=0.2",
-    )
+    add_overrides(parser)
     parser.set_defaults(func=run)
 
 

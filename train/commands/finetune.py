@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from train.commands.arguments import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -31,12 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 …")
     parser.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="dotted config overrides parsed as YAML, e.g. epochs=20 head.dropout=0.2",
-    )
+    add_overrides(parser)
     parser.set_defaults(func=run)
 
 

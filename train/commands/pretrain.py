@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from train.commands.arguments import add_overrides
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``cloud pretrain`` (also ``python -m train.cli pretrain``, as torchrun and
@@ -16,11 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", required=True, help="YAML run config, e.g. configs/pretrain/tiny.yaml"
     )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="dotted overrides parsed as YAML, e.g. optim.lr=3e-4 system.zero_stage=2",
+    add_overrides(
+        parser, help="dotted overrides parsed as YAML, e.g. optim.lr=3e-4 system.zero_stage=2"
     )
     parser.add_argument(
         "--resume",
