@@ -12,7 +12,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,3 +114,24 @@ def read_yaml_mapping(path: str | os.PathLike[str], kind: str) -> dict[str, Any]
     if not isinstance(values, dict):
         raise ValueError(f"{path}: the top level of a {kind} config must be a mapping")
     return values
+
+
+def load_layered_config(
+    path: str | os.PathLike[str] | None,
+    overrides: Sequence[str],
+    fields: Mapping[str, Any],
+    *,
+    kind: str,
+    build: Callable[[dict[str, Any]], T],
+) -> T:
+    """``build`` of a job's layered config: the YAML file at ``path`` (``None``: start empty),
+    then ``fields`` (command-line flags; a ``None`` value means not given and is skipped),
+    then the dotted ``overrides``. A ValueError or TypeError of the overrides or of ``build``
+    is raised again as a ValueError that starts with ``path`` (``"<kind> config"`` without
+    one); ``kind`` also names the config in the message about a non-mapping file."""
+    values = read_yaml_mapping(path, kind) if path is not None else {}
+    values.update({k: v for k, v in fields.items() if v is not None})
+    try:
+        return build(apply_overrides(values, overrides))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path or f'{kind} config'}: {err}") from None

@@ -79,7 +79,7 @@ from train.common.optim import parameter_groups
 from train.common.packages import checkpoint_variant
 from train.common.schedule import lr_factor
 from train.common.serialization import jsonable
-from train.config import apply_overrides, build_config, read_yaml_mapping
+from train.config import build_config, load_layered_config
 
 logger = logging.getLogger(__name__)
 
@@ -276,12 +276,7 @@ def load_config(
 ) -> DebyeTrainConfig:
     """YAML config (optional), then ``fields`` (command-line flags, None = not given), then
     dotted overrides."""
-    values = read_yaml_mapping(path, "debye") if path is not None else {}
-    values.update({k: v for k, v in fields.items() if v is not None})
-    try:
-        return config_from_dict(apply_overrides(values, overrides))
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path or 'debye config'}: {err}") from None
+    return load_layered_config(path, overrides, fields, kind="debye", build=config_from_dict)
 
 
 # --------------------------------------------------------------------------- data

@@ -53,7 +53,7 @@ from train.common.optim import parameter_groups as shared_parameter_groups
 from train.common.packages import checkpoint_variant
 from train.common.schedule import lr_factor
 from train.common.serialization import jsonable
-from train.config import apply_overrides, build_config, read_yaml_mapping
+from train.config import build_config, load_layered_config
 from train.tasks import (
     REGRESSION_METRICS,
     FoldSplit,
@@ -234,12 +234,7 @@ def load_config(
     **fields: Any,
 ) -> FinetuneConfig:
     """YAML config (optional), then ``fields`` (command-line flags), then dotted overrides."""
-    values = read_yaml_mapping(path, "finetune") if path is not None else {}
-    values.update({k: v for k, v in fields.items() if v is not None})
-    try:
-        return config_from_dict(apply_overrides(values, overrides))
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path or 'finetune config'}: {err}") from None
+    return load_layered_config(path, overrides, fields, kind="finetune", build=config_from_dict)
 
 
 def parse_folds(text: str | None) -> list[int] | None:
