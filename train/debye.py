@@ -65,14 +65,6 @@ import yaml
 
 from cloud import debye
 from cloud.debye_head import CloudDebye, DebyeHeadConfig
-from train.commands.debye import (
-    COMPARE_METHODS,
-    PROTOCOLS,
-    SINGLE_TEMPERATURE,
-    SOURCES,
-    TARGETS,
-    parse_temperatures,
-)
 from train.common.batching import make_batch
 from train.common.devices import resolve_device
 from train.common.optim import parameter_groups
@@ -80,6 +72,14 @@ from train.common.packages import checkpoint_variant
 from train.common.schedule import lr_factor
 from train.common.serialization import jsonable
 from train.config import build_config, load_layered_config
+from train.debye_options import (
+    COMPARE_METHODS,
+    PROTOCOLS,
+    SINGLE_TEMPERATURE,
+    SOURCES,
+    TARGETS,
+    parse_temperatures,
+)
 
 logger = logging.getLogger(__name__)
 
