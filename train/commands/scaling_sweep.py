@@ -53,10 +53,19 @@ def register(actions: argparse._SubParsersAction) -> None:
     register_downstream(actions)
 
 
+def _show_progress() -> None:
+    """The runs' own progress lines (loss, tokens/s, evaluations, epochs) on stderr: a sweep
+    or a 5-fold fine-tuning runs for hours."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
 def run_sweep_command(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
+    _show_progress()
     from train.scaling import ScalingFitError, format_summary, write_report
     from train.scaling.sweep import (
         load_sweep_config,
@@ -122,6 +131,7 @@ def register_downstream(actions: argparse._SubParsersAction) -> None:
 def run_downstream_command(args: argparse.Namespace) -> int:
     import dataclasses
 
+    _show_progress()
     from train.scaling.sweep import load_sweep_config, run_downstream_stage
 
     sweep = load_sweep_config(args.config)
