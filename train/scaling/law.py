@@ -524,18 +524,22 @@ def _identified(thetas: FloatArray) -> FloatArray:
     return np.asarray(finite).reshape(-1, thetas.shape[1])
 
 
+def _percentile_interval(values: ArrayLike, confidence: float) -> list[float] | None:
+    """The central ``confidence`` percentile interval of the finite ``values``; None if none."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if len(finite) == 0:
+        return None
+    tail = 100 * (1 - confidence) / 2
+    return [float(v) for v in np.percentile(finite, [tail, 100 - tail])]
+
+
 def _percentile_intervals(thetas: FloatArray, confidence: float) -> dict[str, list[float]]:
     samples = [_with_allocation(theta) for theta in thetas]
-    tail = 100 * (1 - confidence) / 2
     intervals: dict[str, list[float]] = {}
     for name in (*PARAMETER_NAMES, *ALLOCATION_NAMES):
-        values = np.asarray([sample[name] for sample in samples])
-        values = values[np.isfinite(values)]
-        if len(values) == 0:
-            intervals[name] = [math.nan, math.nan]
-            continue
-        low, high = np.percentile(values, [tail, 100 - tail])
-        intervals[name] = [float(low), float(high)]
+        interval = _percentile_interval([sample[name] for sample in samples], confidence)
+        intervals[name] = interval or [math.nan, math.nan]
     return intervals
 
 
@@ -544,14 +548,8 @@ def _prediction_at(
 ) -> dict[str, Any]:
     """The law's loss at (N, D), with the percentile interval of the bootstrap refits."""
     loss = float(predict_loss(_named_parameters(theta), n_params, tokens))
-    samples = np.asarray(
-        [predict_loss(_named_parameters(t), n_params, tokens) for t in thetas], dtype=np.float64
-    )
-    samples = samples[np.isfinite(samples)]
-    tail = 100 * (1 - confidence) / 2
-    interval = (
-        [float(v) for v in np.percentile(samples, [tail, 100 - tail])] if len(samples) else []
-    )
+    samples = [predict_loss(_named_parameters(t), n_params, tokens) for t in thetas]
+    interval = _percentile_interval(samples, confidence) or []
     return {"N": float(n_params), "D": float(tokens), "loss": loss, "ci": interval}
 
 

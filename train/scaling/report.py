@@ -224,15 +224,29 @@ def _isoflop_view(runs: ScalingRuns, complete_flops: bool) -> dict[str, Any]:
     return interpolated if interpolated["a"] is not None else shared
 
 
+def _companion_file(
+    results_csv: str | os.PathLike[str],
+    given: str | os.PathLike[str] | None,
+    default_name: str,
+    what: str,
+) -> Path | None:
+    """A file the report reads beside the results: ``given`` (which must exist), else
+    ``default_name`` next to the CSV if it is there, else None."""
+    path = Path(given) if given else Path(results_csv).with_name(default_name)
+    if path.is_file():
+        return path
+    if given:
+        raise ScalingFitError(f"{what} not found: {path}")
+    return None
+
+
 def _scored_prediction(
     results_csv: str | os.PathLike[str],
     prediction: str | os.PathLike[str] | None,
     runs: ScalingRuns,
 ) -> dict[str, Any] | None:
-    path = Path(prediction) if prediction else Path(results_csv).with_name(PREDICTION_FILE)
-    if not path.is_file():
-        if prediction:
-            raise ScalingFitError(f"prediction file not found: {path}")
+    path = _companion_file(results_csv, prediction, PREDICTION_FILE, "prediction file")
+    if path is None:
         return None
     prediction_made = read_prediction(path)
     scored = score_prediction(prediction_made, runs)
@@ -243,10 +257,8 @@ def _scored_prediction(
 def _downstream(
     results_csv: str | os.PathLike[str], downstream: str | os.PathLike[str] | None
 ) -> dict[str, Any] | None:
-    path = Path(downstream) if downstream else Path(results_csv).with_name(DOWNSTREAM_FILE)
-    if not path.is_file():
-        if downstream:
-            raise ScalingFitError(f"downstream results not found: {path}")
+    path = _companion_file(results_csv, downstream, DOWNSTREAM_FILE, "downstream results")
+    if path is None:
         return None
     rows = read_downstream(path)
     return {"source": str(path), "rows": rows, **downstream_summary(rows)} if rows else None

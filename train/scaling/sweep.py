@@ -216,13 +216,13 @@ def assign_parts(sweep: SweepConfig, parts: int) -> dict[tuple[str, int], int]:
     """Part (1..parts) of each cell: longest cell first onto the least-loaded part, so the
     parts take about the same time. Depends only on the config, so every process (or cluster
     job) computes the same assignment, whatever has finished."""
-    cells = sorted(sweep.cells(), key=lambda cell: -cell_cost(*cell))
+    costs = {(model.name, steps): cell_cost(model, steps) for model, steps in sweep.cells()}
     loads = [0.0] * parts
     assignment = {}
-    for model, steps in cells:
+    for cell in sorted(costs, key=lambda cell: -costs[cell]):
         part = min(range(parts), key=lambda p: (loads[p], p))
-        loads[part] += cell_cost(model, steps)
-        assignment[(model.name, steps)] = part + 1
+        loads[part] += costs[cell]
+        assignment[cell] = part + 1
     return assignment
 
 
