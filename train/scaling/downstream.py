@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from train.scaling.results import append_row
+
 DOWNSTREAM_FILE = "downstream.csv"
 DOWNSTREAM_COLUMNS = (
     "run",
@@ -87,7 +89,6 @@ def run_downstream(
     out_dir: str | os.PathLike[str],
     downstream: DownstreamConfig,
     *,
-    append_row: Callable[[Path, Mapping[str, Any], Sequence[str]], None],
     on_event: Callable[[str], None] = print,
 ) -> Path:
     """Export and fine-tune every listed run that has finished pretraining and has no row yet;

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
+import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from train.common.files import atomic_write
 from train.scaling.law import FloatArray, ScalingFitError
 
 RESULTS_COLUMNS = (
@@ -128,3 +132,29 @@ def read_results(results_csv: str | os.PathLike[str]) -> ScalingRuns:
         steps=column("steps"),
         role=tuple((row.get("role") or FIT_ROLE).strip() for _, row in rows),
     )
+
+
+def append_row(
+    results_csv: Path, row: Mapping[str, Any], columns: Sequence[str] | None = None
+) -> None:
+    """Add one row; the whole file is rewritten through a temporary file and a rename, so an
+    interrupted sweep never leaves a half-written CSV. An exclusive lock on a sibling file
+    lets several sweep processes (``--part``) append to one CSV without losing rows.
+    ``columns`` default to the results CSV's (plus ``steps`` and ``run_dir``)."""
+    columns = list(columns or (*RESULTS_COLUMNS, "steps", "run_dir"))
+    results_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(results_csv.with_name(results_csv.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # newline="": read_text() would turn the csv module's \r\n into \n, rewriting every
+        # earlier row on each append.
+        existing = ""
+        if results_csv.is_file():
+            with results_csv.open(newline="") as handle:
+                existing = handle.read()
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        if not existing:
+            writer.writeheader()
+        writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+        text = existing + buffer.getvalue()
+        atomic_write(results_csv, lambda tmp: tmp.write_text(text, newline=""))

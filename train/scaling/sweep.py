@@ -10,11 +10,8 @@ resumes a cell whose run directory holds checkpoints but no row.
 from __future__ import annotations
 
 import csv
-import fcntl
-import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,7 @@ from train.common.files import atomic_write_text
 from train.scaling.downstream import DownstreamConfig, downstream_from_mapping, run_downstream
 from train.scaling.law import DEFAULT_BOOTSTRAP
 from train.scaling.prediction import PREDICTION_FILE, make_prediction, read_prediction
-from train.scaling.results import FIT_ROLE, PREDICTION_ROLE, RESULTS_COLUMNS
+from train.scaling.results import FIT_ROLE, PREDICTION_ROLE, append_row
 
 ROW_KEY_COLUMN = "flavour"  # the CSV's model-name column
 
@@ -240,36 +237,6 @@ def finished_cells(results_csv: Path) -> set[tuple[str, int]]:
         return {(row[ROW_KEY_COLUMN], int(row["steps"])) for row in csv.DictReader(f)}
 
 
-def append_row(
-    results_csv: Path, row: Mapping[str, Any], columns: Sequence[str] | None = None
-) -> None:
-    """Add one row; the whole file is rewritten through a temporary file and a rename, so an
-    interrupted sweep never leaves a half-written CSV. An exclusive lock on a sibling file
-    lets several sweep processes (``--part``) append to one CSV without losing rows.
-    ``columns`` default to the results CSV's."""
-    columns = list(columns or (*RESULTS_COLUMNS, "steps", "run_dir"))
-    results_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(results_csv.with_name(results_csv.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        # newline="": read_text() would turn the csv module's \r\n into \n, rewriting every
-        # earlier row on each append.
-        existing = _read_verbatim(results_csv) if results_csv.is_file() else ""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-        if not existing:
-            writer.writeheader()
-        writer.writerow({c: _csv_value(row.get(c)) for c in columns})
-        with tempfile.NamedTemporaryFile(
-            "w", dir=results_csv.parent, suffix=".tmp", delete=False, newline=""
-        ) as tmp:
-            tmp.write(existing + buffer.getvalue())
-        os.replace(tmp.name, results_csv)
-
-
-def _csv_value(value: Any) -> Any:
-    return "" if value is None else value
-
-
 def finished_summary(run_dir: Path) -> dict[str, Any] | None:
     """The summary a finished run wrote (``summary.json``), if any."""
     path = run_dir / "summary.json"
@@ -431,9 +398,4 @@ def _non_embedding_parameters(model: SweepModel) -> int:
 def run_downstream_stage(sweep: SweepConfig, *, on_event: Callable[[str], None] = print) -> None:
     """Fine-tune the sweep's listed checkpoints (``downstream:``), one row each."""
     if sweep.downstream is not None:
-        run_downstream(sweep.out_dir, sweep.downstream, append_row=append_row, on_event=on_event)
-
-
-def _read_verbatim(path: Path) -> str:
-    with path.open(newline="") as handle:
-        return handle.read()
+        run_downstream(sweep.out_dir, sweep.downstream, on_event=on_event)
