@@ -1,31 +1,47 @@
 """Pre-training throughput: CLOUD's training path against the released Hugging Face stack.
 
     python benchmarks/train_throughput.py [--flavour mini] [--batch-size 32] [--steps 15]
-        [--threads 1] [--data ../shared/data] [--limit 1500] [--no-deepspeed]
+        [--threads 1] [--data ../shared/data] [--limit 1500] [--released-strings N]
+        [--no-deepspeed] [--compile] [--json FILE]
+
+    # the protocol of docs/performance.md: base shape, 128 released strings, 16 a batch
+    python benchmarks/train_throughput.py --flavour base --released-strings 128 \
+        --batch-size 16 --threads 2 --steps 16
 
 Real SCOPE batches: the structures of the shipped corpus sample
 (``data/corpus/structures_sample.jsonl.gz``, 2,986 structures; ``--data`` reads
 ``../shared/data/corpus/structures.jsonl.gz`` with ``--limit``), encoded once (not timed) to
-the released ``cloud`` SCOPE strings. Every stack trains on the same sequences in the same
-order, same batch size in sequences, same AdamW (lr 5e-4, wd 0.01, clip 1.0), same shape
-(layers, heads, width, MLP) from a ``cloud`` flavour:
+the released ``cloud`` SCOPE strings; or, with ``--released-strings N``, the first N strings
+of the released pre-training set (``cloud_reference/pretrain_cloud_10k.csv``), every one used
+for training and the held-out figures taken on the next ones. Every stack trains on the same
+sequences in the same order, same batch size in sequences, same AdamW hyper-parameters (lr
+5e-4, wd 0.01, clip 1.0), same shape (layers, heads, width, MLP) from a ``cloud`` flavour:
 
 - released: ``transformers.BertForMaskedLM`` from a ``BertConfig`` (built offline) with the
   released 30,522-row vocabulary, the released WordPiece tokenizer
   (``../shared/data/cloud_reference/released_tokenizer``; without it our token ids are used,
   which changes nothing in the cost), every batch padded to 64 as the released code does, and
   ``DataCollatorForLanguageModeling`` (15 %) masking;
-- ours: ``CloudForMaskedLM`` with the SCOPE tokenizer (443 ids), batches padded to their
-  longest sequence as ``train.data.CorpusStream`` collates them, MLM head projected only at
-  masked positions, masking by ``train.masking.MLMMasker``; in eager PyTorch and, unless
-  ``--no-deepspeed``, through the DeepSpeed engine of ``train.distributed`` (ZeRO-0, as
-  ``cloud pretrain`` runs single-process).
+- ours, padded (the path before packing): ``CloudForMaskedLM`` with the SCOPE tokenizer (443
+  ids), batches padded to their longest sequence as ``train.data.CorpusStream`` collates
+  them, computed over every position (``compute_padded``), foreach AdamW;
+- ours, packed: the same sequences packed without padding (``tokens_per_batch`` batches of
+  ``train.data``), computed on real tokens only (``cloud.packed``), fused AdamW; in eager
+  PyTorch, ``--compile`` also under ``torch.compile``, and unless ``--no-deepspeed`` through
+  the DeepSpeed engine of ``train.distributed`` (ZeRO-0, as ``cloud pretrain`` runs
+  single-process).
 
-The stacks run in interleaved rounds so that a noisy machine slows them alike. Reported:
-real (unpadded) tokens/s and sequences/s per stack, the speed-up, and each stack's mean
-training loss over its last steps and masked-token accuracy on held-out batches after the
-run (losses are over different vocabularies; accuracy is comparable). On CUDA both stacks
-run under bf16 autocast, and ``--mfu`` adds MFU of base and of the largest flavour that fits.
+Both of ours project the MLM head only at masked positions and mask with
+``train.masking.MLMMasker``.
+
+The stacks run in interleaved rounds so that a noisy machine slows them alike, and each round
+also times a large fp32 matrix multiply (``--gemm 2048``: the machine's practical limit).
+Reported: real (unpadded) tokens/s and sequences/s per stack, the speed-up, each stack's
+achieved FLOP/s (forward + backward on real tokens, ``cloud.flops_per_token`` per sequence)
+as a fraction of the GEMM's, and each stack's mean training loss over its last steps and
+masked-token accuracy on held-out batches after the run (losses are over different
+vocabularies; accuracy is comparable). On CUDA every stack runs under bf16 autocast, and
+``--mfu`` adds MFU of base and of the largest flavour that fits.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import itertools
 import json
 import math
 import os
@@ -54,6 +71,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: the repository's
 
 from cloud import CloudForMaskedLM, family, flavours, flops_per_token  # noqa: E402
 from tokenizer import ScopeTokenizer  # noqa: E402
+from train.common.batching import sequence_lengths  # noqa: E402
 from train.masking import MLMMasker, make_generator  # noqa: E402
 from train.metrics import device_peak_flops  # noqa: E402
 
@@ -85,6 +103,19 @@ def load_scope_strings(data: Path | None, limit: int | None) -> tuple[list[str],
     return texts, str(path)
 
 
+def load_released_strings(data: Path, count: int) -> tuple[list[str], str]:
+    """The first ``count`` strings of the released pre-training set (and as many more for the
+    held-out evaluation)."""
+    import csv
+
+    path = data / "cloud_reference" / "pretrain_cloud_10k.csv"
+    if not path.is_file():
+        raise SystemExit(f"--released-strings needs {path} (../shared/data)")
+    with path.open(newline="") as handle:
+        rows = [row["cloud"] for row in itertools.islice(csv.DictReader(handle), 2 * count)]
+    return rows, str(path)
+
+
 def released_tokenizer(data: Path | None) -> Any | None:
     directory = (data or REPO.parent / "shared" / "data") / "cloud_reference" / "released_tokenizer"
     if not (directory / "vocab.txt").is_file():
@@ -111,6 +142,11 @@ class Stack:
     sequences: int = 0
     losses: list[float] = field(default_factory=list)
     model: Any = None
+    lengths: list[int] = field(default_factory=list)
+    """Real tokens of each sequence trained on in the timed steps."""
+    flops: float = 0.0
+    flops_of: Callable[[int], float] = lambda n: 0.0
+    """Training FLOPs of one sequence of n real tokens (set by ``main``)."""
 
 
 def autocast(device: torch.device):
@@ -136,6 +172,44 @@ def our_batches(
     return batches
 
 
+def our_packed_batches(
+    ids: list[list[int]], tokenizer: ScopeTokenizer, batch_size: int
+) -> list[dict[str, torch.Tensor]]:
+    """The same groups of sequences packed one after the other, as ``CorpusStream`` collates
+    a ``tokens_per_batch`` batch."""
+    batches = []
+    for start in range(0, len(ids) - batch_size + 1, batch_size):
+        packed = tokenizer.pack(ids[start : start + batch_size])
+        batches.append(
+            {
+                "input_ids": torch.from_numpy(packed.input_ids),
+                "segment_ids": torch.from_numpy(packed.segment_ids),
+                "position_ids": torch.from_numpy(packed.position_ids),
+                "cu_seqlens": torch.from_numpy(packed.cu_seqlens),
+            }
+        )
+    return batches
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One of our stacks: how batches are laid out and which kernels run."""
+
+    name: str
+    packed: bool = True
+    """Packed batches computed on real tokens; False: padded batches over every position."""
+    fused_adamw: bool = True
+    """torch's fused AdamW (CPU and CUDA); False: foreach."""
+    compile: bool = False
+    """torch.compile the model (dynamic shapes)."""
+    deepspeed: bool = False
+    """Through the DeepSpeed engine (ZeRO-0) as ``cloud pretrain`` runs."""
+
+
+PADDED = Recipe("ours, padded (before packing)", packed=False, fused_adamw=False)
+PACKED = Recipe("ours, packed")
+
+
 def mask_ours(
     batches: list[dict[str, torch.Tensor]], masker: MLMMasker, seed: int
 ) -> list[dict[str, torch.Tensor]]:
@@ -152,18 +226,22 @@ def ours_stack(
     batch_size: int,
     device: torch.device,
     eval_texts: list[str],
-    use_deepspeed: bool,
+    recipe: Recipe,
 ) -> Stack:
     tokenizer = ScopeTokenizer()
     masker = MLMMasker.from_tokenizer(tokenizer)
+    collate = our_packed_batches if recipe.packed else our_batches
     ids = [tokenizer.encode(t)[:128] for t in texts]
-    batches = mask_ours(our_batches(ids, tokenizer, batch_size), masker, seed=1)
+    batches = mask_ours(collate(ids, tokenizer, batch_size), masker, seed=1)
     eval_ids = [tokenizer.encode(t)[:128] for t in eval_texts]
-    eval_batches = mask_ours(our_batches(eval_ids, tokenizer, batch_size), masker, seed=2)
+    eval_batches = mask_ours(collate(eval_ids, tokenizer, batch_size), masker, seed=2)
     torch.manual_seed(0)
     model = CloudForMaskedLM(family(flavour, vocab_size=tokenizer.vocab_size)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
-    if use_deepspeed:
+    model.encoder.compute_padded = not recipe.packed
+    kernel = {"fused": True} if recipe.fused_adamw else {"foreach": True}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01, **kernel)
+    forward: Any = torch.compile(model, dynamic=True) if recipe.compile else model
+    if recipe.deepspeed:
         from train.distributed import build_engine, deepspeed_config, init_distributed
 
         init_distributed()
@@ -179,28 +257,22 @@ def ours_stack(
         engine = build_engine(model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
 
         def step(batch: dict[str, torch.Tensor], _: int) -> float:
-            inputs = model_inputs(batch, device)
-            loss = engine(**inputs).loss
+            loss = engine(**model_inputs(batch, device)).loss
             engine.backward(loss)
             engine.step()
             return loss.detach().item()
 
         forward = engine
-        name = "ours (DeepSpeed engine)"
     else:
 
         def step(batch: dict[str, torch.Tensor], _: int) -> float:
-            inputs = model_inputs(batch, device)
             with autocast(device):
-                loss = model(**inputs).loss
+                loss = forward(**model_inputs(batch, device)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return loss.detach().item()
-
-        forward = model
-        name = "ours (eager)"
 
     @torch.no_grad()
     def evaluate(eval_set: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
@@ -216,17 +288,14 @@ def ours_stack(
         model.train()
         return loss_sum / count, correct / count
 
-    return Stack(name, batches, step, evaluate, eval_batches, model=model)
+    return Stack(recipe.name, batches, step, evaluate, eval_batches, model=model)
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
-    mask = batch["attention_mask"]
-    return {
-        "input_ids": batch["input_ids"].to(device),
-        "attention_mask": mask.to(device) if not bool(mask.all()) else None,
-        "segment_ids": batch["segment_ids"].to(device),
-        "labels": batch["labels"].to(device),
-    }
+    """What ``cloud pretrain`` passes the model (``train.pretrain.model_inputs``)."""
+    from train.pretrain import model_inputs as pretrain_inputs
+
+    return pretrain_inputs(batch, device)
 
 
 def released_stack(
@@ -341,8 +410,16 @@ def cycle(batches: list[dict[str, torch.Tensor]]) -> Iterator[tuple[int, dict]]:
         index += 1
 
 
-def run(stacks: list[Stack], steps: int, warmup: int, rounds: int, device: torch.device) -> None:
-    """Warm up each stack, then time ``steps`` steps each in interleaved rounds."""
+def run(
+    stacks: list[Stack],
+    steps: int,
+    warmup: int,
+    rounds: int,
+    device: torch.device,
+    gemm: GemmProbe | None = None,
+) -> None:
+    """Warm up each stack, then time ``steps`` steps each in interleaved rounds (and the
+    GEMM probe once a round)."""
     iterators = {s.name: cycle(s.batches) for s in stacks}
     for stack in stacks:
         for _ in range(warmup):
@@ -350,16 +427,45 @@ def run(stacks: list[Stack], steps: int, warmup: int, rounds: int, device: torch
             stack.step(batch, index)
     per_round = [steps // rounds + (1 if r < steps % rounds else 0) for r in range(rounds)]
     for count in per_round:
+        if gemm is not None:
+            gemm.measure()
         for stack in stacks:
             sync(device)
             start = time.perf_counter()
             for _ in range(count):
                 index, batch = next(iterators[stack.name])
                 stack.losses.append(stack.step(batch, index))
-                stack.tokens += int(batch["attention_mask"].sum())
-                stack.sequences += len(batch["attention_mask"])
+                stack.lengths += sequence_lengths(batch).tolist()
             sync(device)
             stack.seconds += time.perf_counter() - start
+    for stack in stacks:
+        stack.tokens = sum(stack.lengths)
+        stack.sequences = len(stack.lengths)
+        stack.flops = sum(stack.flops_of(n) for n in stack.lengths)
+
+
+@dataclass
+class GemmProbe:
+    """A large square fp32 (bf16 on CUDA) matrix multiply: the FLOP/s this device reaches on
+    the best case of the work a transformer step is made of."""
+
+    size: int
+    device: torch.device
+    best: float = 0.0
+
+    def measure(self, repeats: int = 5) -> float:
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        a = torch.randn(self.size, self.size, device=self.device, dtype=dtype)
+        b = torch.randn(self.size, self.size, device=self.device, dtype=dtype)
+        a @ b  # warm-up
+        sync(self.device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync(self.device)
+        rate = 2 * self.size**3 * repeats / (time.perf_counter() - start)
+        self.best = max(self.best, rate)
+        return rate
 
 
 def mfu_sweep(texts: list[str], batch_size: int, device: torch.device, steps: int) -> list[dict]:
@@ -373,7 +479,7 @@ def mfu_sweep(texts: list[str], batch_size: int, device: torch.device, steps: in
         if flavour != "base" and largest_done:
             break
         try:
-            stack = ours_stack(flavour, texts, batch_size, device, texts[:batch_size], False)
+            stack = ours_stack(flavour, texts, batch_size, device, texts[:batch_size], PACKED)
             run([stack], steps, 3, 1, device)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -405,7 +511,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     parser.add_argument("--data", type=Path, default=None, help="../shared/data (optional)")
     parser.add_argument("--limit", type=int, default=1500, help="structures to encode (0: all)")
+    parser.add_argument(
+        "--released-strings",
+        type=int,
+        default=0,
+        help="train on the first N released SCOPE strings instead of encoded structures",
+    )
     parser.add_argument("--no-deepspeed", action="store_true", help="skip the DeepSpeed run")
+    parser.add_argument("--compile", action="store_true", help="also ours under torch.compile")
+    parser.add_argument("--gemm", type=int, default=2048, help="GEMM probe size (0: none)")
     parser.add_argument("--mfu", action="store_true", help="CUDA: MFU of base and largest")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
@@ -415,25 +529,36 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     data = args.data or (REPO.parent / "shared" / "data")
-    texts, source = load_scope_strings(data if data.is_dir() else None, args.limit)
-    random.Random(0).shuffle(texts)
-    held_out = max(args.batch_size * 4, len(texts) // 10)
-    eval_texts, train_texts = texts[:held_out], texts[held_out:]
+    if args.released_strings:
+        texts, source = load_released_strings(data, args.released_strings)
+        train_texts, eval_texts = texts[: args.released_strings], texts[args.released_strings :]
+    else:
+        texts, source = load_scope_strings(data if data.is_dir() else None, args.limit)
+        random.Random(0).shuffle(texts)
+        held_out = max(args.batch_size * 4, len(texts) // 10)
+        eval_texts, train_texts = texts[:held_out], texts[held_out:]
     hf_tokenizer = released_tokenizer(data if data.is_dir() else None)
 
+    recipes = [PADDED, PACKED]
+    if args.compile:
+        recipes.append(Recipe("ours, packed, torch.compile", compile=True))
+    if not args.no_deepspeed:
+        recipes.append(Recipe("ours, packed, DeepSpeed engine", deepspeed=True))
     stacks = [
         released_stack(
             args.flavour, train_texts, args.batch_size, device, eval_texts, hf_tokenizer
         ),
-        ours_stack(args.flavour, train_texts, args.batch_size, device, eval_texts, False),
+        *(
+            ours_stack(args.flavour, train_texts, args.batch_size, device, eval_texts, recipe)
+            for recipe in recipes
+        ),
     ]
-    if not args.no_deepspeed:
-        stacks.append(
-            ours_stack(args.flavour, train_texts, args.batch_size, device, eval_texts, True)
-        )
-    run(stacks, args.steps, args.warmup, args.rounds, device)
-
     shape = family(args.flavour, vocab_size=443)
+    for stack in stacks:
+        stack.flops_of = lambda n: n * flops_per_token(shape, n)
+    gemm = GemmProbe(args.gemm, device) if args.gemm else None
+    run(stacks, args.steps, args.warmup, args.rounds, device, gemm)
+
     print(
         f"train throughput, {date.today().isoformat()}, {platform.processor() or platform.machine()}"
     )
@@ -468,13 +593,20 @@ def main() -> None:
             "val_accuracy": val_accuracy,
             "steps": len(stack.losses),
             "real_tokens_per_sequence": stack.tokens / stack.sequences,
+            "achieved_flops": stack.flops / stack.seconds,
+            "gemm_fraction": (stack.flops / stack.seconds) / gemm.best if gemm else None,
         }
         results.append(result)
         print(
             f"{stack.name:58s} {result['tokens_per_s']:9,.0f} tok/s {result['sequences_per_s']:7,.1f}"
             f" seq/s  x{result['speedup']:.2f}  loss(last10) {result['train_loss_last10']:.3f}"
             f"  held-out loss {val_loss:.3f} acc {val_accuracy:.3f}"
+            f"  {result['achieved_flops'] / 1e9:6.1f} GFLOP/s"
+            + (f" ({result['gemm_fraction']:.0%} of GEMM)" if gemm else "")
         )
+    if gemm:
+        print(f"\nGEMM probe {args.gemm}² fp32: {gemm.best / 1e9:.1f} GFLOP/s (best round)")
+        results.append({"gemm_size": args.gemm, "gemm_flops": gemm.best})
     print(
         f"\ninitial loss ≈ ln(vocab): released ln({RELEASED_VOCAB}) = {math.log(RELEASED_VOCAB):.2f},"
         f" ours ln(443) = {math.log(443):.2f}; accuracy is comparable across vocabularies"

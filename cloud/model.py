@@ -7,9 +7,14 @@ Two layouts share one set of modules (and so one parameter count and state-dict 
 * ``prenorm=False``: the exact post-LN BERT layout ``LN(x + f(x))``, used to import the
   released Hugging Face CLOUD checkpoint (see ``cloud.hf``).
 
-Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` with a per-batch
-``[B, 1, 1, T]`` key-padding mask, so the fused kernels pick the fastest path and no per-head
-mask is ever materialised. Pure PyTorch: distributed wrapping lives in ``train/``.
+The encoder computes on real tokens only (``cloud.packed``): a padded batch is unpacked to
+its N real tokens ([N, d], with cumulative sequence lengths) before the embeddings and padded
+back after the last layer, and a packed batch (``cu_seqlens``: several strings one after the
+other, positions restarting at each) is taken as it is. Only attention knows where a
+sequence ends. ``CloudModel.compute_padded = True`` runs the reference padded layout instead
+(every position of [B, T], a ``[B, 1, 1, T]`` key mask to SDPA), which the Hugging Face
+equivalence tests pin; the two agree to float tolerance. Pure PyTorch: distributed wrapping
+lives in ``train/``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,17 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from cloud.packed import (
+    PackedSequences,
+    Unpadding,
+    cu_seqlens_of,
+    pack_layout,
+    packed_attention,
+    positions_in_sequence,
+    sequence_index,
+    unpad,
+)
 
 T = TypeVar("T")
 
@@ -140,15 +156,23 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None) -> Tensor:
-        seq_len = input_ids.shape[1]
-        if seq_len > self.position.num_embeddings:
-            raise ValueError(
-                f"sequence length {seq_len} exceeds max_position_embeddings "
-                f"{self.position.num_embeddings}"
-            )
-        positions = torch.arange(seq_len, device=input_ids.device)
-        x = self.word(input_ids) + self.position(positions)
+    def forward(
+        self,
+        input_ids: Tensor,
+        segment_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        """[B, T] ids (positions 0..T-1) or any shape with ``position_ids`` of that shape
+        (packed tokens: [N]) → embeddings [..., d]."""
+        if position_ids is None:
+            seq_len = input_ids.shape[1]
+            if seq_len > self.position.num_embeddings:
+                raise ValueError(
+                    f"sequence length {seq_len} exceeds max_position_embeddings "
+                    f"{self.position.num_embeddings}"
+                )
+            position_ids = torch.arange(seq_len, device=input_ids.device)
+        x = self.word(input_ids) + self.position(position_ids)
         x = x + self._segment_embedding(input_ids, segment_ids)
         if self.feature_projection is not None:
             x = x + self.feature_projection(self.feature_table[input_ids])
@@ -190,13 +214,17 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, key_mask: Tensor | PackedSequences | None) -> Tensor:
+        """x [B, T, d] with a [B, 1, 1, T] key mask (or None), or packed tokens [N, d] with
+        their ``PackedSequences``."""
+        dropout_p = self.dropout_p if self.training else 0.0
+        if isinstance(key_mask, PackedSequences):
+            qkv = self.qkv(x).view(x.shape[0], 3, self.num_heads, self.head_dim)
+            return self.out(packed_attention(qkv, key_mask, dropout_p).flatten(1))
         batch, seq_len, width = x.shape
         qkv = self.qkv(x).view(batch, seq_len, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, head_dim]
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, dropout_p=self.dropout_p if self.training else 0.0
-        )
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
         return self.out(attended.transpose(1, 2).reshape(batch, seq_len, width))
 
 
@@ -224,7 +252,7 @@ class Block(nn.Module):
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, key_mask: Tensor | PackedSequences | None) -> Tensor:
         if self.prenorm:
             x = x + self.dropout(self.attention(self.attention_norm(x), key_mask))
             return x + self.dropout(self.mlp(self.mlp_norm(x)))
@@ -245,7 +273,14 @@ def key_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
 
 
 class CloudModel(nn.Module):
-    """The encoder: embeddings and blocks; returns the last hidden states [B, T, d]."""
+    """The encoder: embeddings and blocks; returns the last hidden states ([B, T, d] for a
+    padded batch, [N, d] for a packed one)."""
+
+    compute_padded: bool = False
+    """True: run padded batches over every position of [B, T] (the reference layout, as the
+    released stack computes); False (default): on their real tokens only. Set per instance."""
+    attention_impl: str = "auto"
+    """Attention over packed sequences (``cloud.packed.ATTENTION_IMPLS``). Set per instance."""
 
     def __init__(self, config: CloudConfig) -> None:
         super().__init__()
@@ -263,11 +298,78 @@ class CloudModel(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> Tensor:
-        """input_ids [B, T]; attention_mask [B, T] with 1 on real tokens (None = no padding);
-        segment_ids [B, T] in [0, num_segments) or None (= segment 0)."""
-        key_mask = key_padding_mask(attention_mask)
-        x = self.embeddings(input_ids, segment_ids)
+        """Padded: input_ids [B, T]; attention_mask [B, T] with 1 on real tokens (None = no
+        padding); segment_ids [B, T] in [0, num_segments) or None (= segment 0) → [B, T, d]
+        (zeros on the padding).
+
+        Packed: input_ids [N], several sequences one after the other, ``cu_seqlens`` [S + 1]
+        their cumulative lengths (``max_seqlen`` the longest, read off them when None),
+        segment_ids and position_ids [N] (positions default to 0.. within each sequence)
+        → [N, d]; each token attends to its own sequence only.
+        """
+        hidden, unpadding = self.hidden_states(
+            input_ids,
+            attention_mask,
+            segment_ids,
+            position_ids=position_ids,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+        )
+        return hidden if unpadding is None else unpadding.pad(hidden)
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        max_seqlen: int | None = None,
+    ) -> tuple[Tensor, Unpadding | None]:
+        """The last hidden states as computed, and how they map onto the caller's batch.
+
+        Same arguments as ``forward``. A padded batch with padding (and ``compute_padded``
+        off) comes back packed, [N, d], with the ``Unpadding`` that pads it back (or picks the
+        same positions out of [B, T] labels); otherwise the ``Unpadding`` is None and the
+        states are in the caller's layout.
+        """
+        if cu_seqlens is not None:
+            if input_ids.dim() != 1:
+                raise ValueError(f"packed input_ids must be [N], got {tuple(input_ids.shape)}")
+            layout = self._layout(cu_seqlens, max_seqlen, input_ids.device)
+            if position_ids is None:
+                position_ids = positions_in_sequence(layout.cu_seqlens, input_ids.numel())
+            return self._encode(input_ids, segment_ids, position_ids, layout), None
+        if attention_mask is None or self.compute_padded or bool(attention_mask.all()):
+            mask = None if attention_mask is None or not self.compute_padded else attention_mask
+            key_mask = key_padding_mask(mask)
+            return self._encode(input_ids, segment_ids, position_ids, key_mask), None
+        unpadding, lengths, positions = unpad(attention_mask)
+        if position_ids is not None:
+            positions = unpadding.pack(position_ids)
+        segments = None if segment_ids is None else unpadding.pack(segment_ids)
+        layout = self._layout(cu_seqlens_of(lengths), input_ids.shape[1], input_ids.device)
+        return self._encode(unpadding.pack(input_ids), segments, positions, layout), unpadding
+
+    def _layout(
+        self, cu_seqlens: Tensor, max_seqlen: int | None, device: torch.device
+    ) -> PackedSequences:
+        return pack_layout(cu_seqlens, max_seqlen, self.attention_impl, device_type=device.type)
+
+    def _encode(
+        self,
+        input_ids: Tensor,
+        segment_ids: Tensor | None,
+        position_ids: Tensor | None,
+        key_mask: Tensor | PackedSequences | None,
+    ) -> Tensor:
+        x = self.embeddings(input_ids, segment_ids, position_ids)
         for layer in self.layers:
             x = layer(x, key_mask)
         return self.final_norm(x) if self.final_norm is not None else x
@@ -278,10 +380,15 @@ class CloudModel(nn.Module):
         attention_mask: Tensor | None = None,
         segment_ids: Tensor | None = None,
         pooling: str = "cls",
+        *,
+        cu_seqlens: Tensor | None = None,
     ) -> Tensor:
         """One embedding per sequence for fine-tuning heads (see ``pool``): [B, d], or
-        [B, 2d] for ``cls+mean``."""
-        return pool(self.forward(input_ids, attention_mask, segment_ids), attention_mask, pooling)
+        [B, 2d] for ``cls+mean``; packed batches (``cu_seqlens``) give one per sequence."""
+        hidden = self.forward(input_ids, attention_mask, segment_ids, cu_seqlens=cu_seqlens)
+        if cu_seqlens is not None:
+            return pool_packed(hidden, cu_seqlens, pooling)
+        return pool(hidden, attention_mask, pooling)
 
     def init_weights(self) -> None:
         """Re-initialise every parameter: normal(0, initializer_range), zero biases, LN ones."""
@@ -334,6 +441,22 @@ def pool(hidden: Tensor, attention_mask: Tensor | None, pooling: str) -> Tensor:
     return mean if pooling == "mean" else torch.cat([hidden[:, 0], mean], dim=-1)
 
 
+def pool_packed(hidden: Tensor, cu_seqlens: Tensor, pooling: str) -> Tensor:
+    """``pool`` for packed hidden states [N, d] with cumulative lengths [S + 1] → [S, d]
+    (or [S, 2d]): [CLS] is each sequence's first token, the mean is over its tokens."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; valid: {POOLINGS}")
+    starts = cu_seqlens[:-1].long()
+    cls = hidden[starts]
+    if pooling == "cls":
+        return cls
+    index = sequence_index(cu_seqlens, hidden.shape[0])
+    sums = hidden.new_zeros(starts.numel(), hidden.shape[1]).index_add(0, index, hidden)
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(hidden.dtype).unsqueeze(-1)
+    mean = sums / lengths
+    return mean if pooling == "mean" else torch.cat([cls, mean], dim=-1)
+
+
 def init_module(module: nn.Module, config: CloudConfig) -> None:
     """BERT initialisation of one module (meant for ``Module.apply``)."""
     if isinstance(module, nn.Linear):
@@ -370,12 +493,14 @@ class MaskedLMOutput:
     """What ``CloudForMaskedLM.forward`` returns."""
 
     logits: Tensor
-    """Without labels: [B, T, V]. With labels: [N, V], one row per position whose label is not
-    -100, in row-major (batch, then position) order; ``masked_labels`` holds their targets."""
+    """Without labels: [B, T, V] ([N, V] for a packed batch). With labels: [N_pred, V], one
+    row per position whose label is not -100, in row-major (batch, then position) order, which
+    is the packed order; ``masked_labels`` holds their targets."""
     loss: Tensor | None = None
     """Mean cross-entropy over the predicted positions; None without labels."""
     hidden_states: Tensor | None = None
-    """Last encoder hidden states [B, T, d] (after the final LayerNorm when pre-LN)."""
+    """Last encoder hidden states [B, T, d], zeros on padding ([N, d] for a packed batch;
+    after the final LayerNorm when pre-LN)."""
     masked_labels: Tensor | None = None
     """[N] targets aligned with ``logits`` rows when labels are given (for accuracy metrics)."""
 
@@ -399,20 +524,36 @@ class CloudForMaskedLM(nn.Module):
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> MaskedLMOutput:
-        """MLM forward. With ``labels`` ([B, T], -100 where not predicted) the vocabulary
-        projection runs only at predicted positions, so ``logits`` is [N, V] (see
-        ``MaskedLMOutput``); without labels ``logits`` is the full [B, T, V]."""
-        hidden = self.encoder(input_ids, attention_mask, segment_ids)
+        """MLM forward over a padded batch ([B, T] inputs and labels) or a packed one ([N]
+        inputs and labels with ``cu_seqlens``, see ``CloudModel.forward``). With ``labels``
+        (-100 where not predicted) the vocabulary projection runs only at predicted positions,
+        so ``logits`` is [N_pred, V] (see ``MaskedLMOutput``); without labels ``logits``
+        covers every position."""
+        hidden, unpadding = self.encoder.hidden_states(
+            input_ids,
+            attention_mask,
+            segment_ids,
+            position_ids=position_ids,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+        )
+        full = hidden if unpadding is None else unpadding.pad(hidden)
         if labels is None:
-            return MaskedLMOutput(logits=self.head(hidden), hidden_states=hidden)
-        predicted = labels != IGNORE_INDEX
-        targets = labels[predicted]
+            return MaskedLMOutput(logits=self.head(full), hidden_states=full)
+        # Packed tokens keep the batch's row-major order, so these are labels[labels != -100].
+        token_labels = labels if unpadding is None else unpadding.pack(labels)
+        predicted = token_labels != IGNORE_INDEX
+        targets = token_labels[predicted]
         logits = self.head(hidden[predicted])
         return MaskedLMOutput(
             logits=logits,
             loss=masked_lm_loss(logits, targets),
-            hidden_states=hidden,
+            hidden_states=full,
             masked_labels=targets,
         )
 

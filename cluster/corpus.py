@@ -852,7 +852,10 @@ def ray_runtime(ray_address: str | None, workers: int | None) -> Iterator[int]:
             ray.init(address=ray_address, log_to_driver=False)
         else:
             setdefault_loopback(os.environ)
+            # address="local": start our own even where another Ray runs on this machine,
+            # which ray.init would join (and then refuse num_cpus).
             ray.init(
+                address="local",
                 num_cpus=workers or os.cpu_count() or 1,
                 include_dashboard=False,
                 log_to_driver=False,

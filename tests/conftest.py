@@ -41,7 +41,10 @@ def ray_session():
     """One local Ray for the whole test session, on loopback only (see the env above)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
+        # address="local": a new Ray of our own even when another one runs on this machine
+        # (a user's, or a test's Ray-in-SLURM job), which ray.init would otherwise join.
         ray.init(
+            address="local",
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

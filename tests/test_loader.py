@@ -34,9 +34,14 @@ def stream(shards, tokenizer, **overrides) -> CorpusStream:
 
 
 def sequences(batches) -> list[tuple[int, ...]]:
-    """The unpadded id sequences of a list of batches, in order."""
+    """The unpadded id sequences of a list of padded or packed batches, in order."""
     rows = []
     for batch in batches:
+        if "cu_seqlens" in batch:
+            cu = batch["cu_seqlens"].tolist()
+            ids = batch["input_ids"].tolist()
+            rows += [tuple(ids[a:b]) for a, b in itertools.pairwise(cu)]
+            continue
         for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
             rows.append(tuple(ids[mask.bool()].tolist()))
     return rows
@@ -171,3 +176,70 @@ def test_split_train_val_holds_out_the_last_shards(sample_corpus: Path, shards) 
         split_train_val(sample_corpus, val_shards=len(shards))
     with pytest.raises(FileNotFoundError):
         read_manifest(sample_corpus / "missing")
+
+
+PACKED = {"tokens_per_batch": 512}
+
+
+def test_packed_batches_fill_the_token_budget_without_padding(shards, tokenizer) -> None:
+    batches = list(stream(shards, tokenizer, **PACKED))
+    assert len(batches) > 10
+    for batch in batches:
+        assert set(batch) == {"input_ids", "segment_ids", "position_ids", "cu_seqlens"}
+        tokens = batch["input_ids"].numel()
+        cu = batch["cu_seqlens"]
+        assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == tokens
+        assert tokens <= 512
+        assert tokens > 512 - 64  # the next string did not fit: less than one string short
+        assert (batch["input_ids"] != tokenizer.pad_id).all()
+        for start, end in itertools.pairwise(cu.tolist()):
+            ids = batch["input_ids"][start:end].tolist()
+            assert ids[0] == tokenizer.cls_id and ids[-1] == tokenizer.sep_id
+            assert batch["position_ids"][start:end].tolist() == list(range(end - start))
+            assert batch["segment_ids"][start:end].tolist() == tokenizer.segment_ids(ids)
+
+
+@pytest.mark.parametrize(("world_size", "num_workers"), [(1, 0), (2, 2)])
+def test_packed_batches_cover_every_sample_once_per_epoch(
+    shards, tokenizer, world_size: int, num_workers: int
+) -> None:
+    seen: Counter = Counter()
+    for rank in range(world_size):
+        seen.update(
+            sequences(
+                stream(
+                    shards,
+                    tokenizer,
+                    rank=rank,
+                    world_size=world_size,
+                    num_workers=num_workers,
+                    drop_last=False,
+                    **PACKED,
+                )
+            )
+        )
+    assert seen == stored_sequences(shards)
+    # The same samples, in the same order, as the padded stream of the same seed.
+    padded = sequences(stream(shards, tokenizer, drop_last=False))
+    assert sequences(stream(shards, tokenizer, drop_last=False, **PACKED)) == padded
+
+
+@pytest.mark.parametrize(("num_workers", "consumed"), [(0, 7), (2, 25)])
+def test_restored_packed_stream_yields_exactly_the_remaining_batches(
+    shards, tokenizer, num_workers: int, consumed: int
+) -> None:
+    options = {"num_workers": num_workers, "epochs": 2, **PACKED}
+    uninterrupted = list(stream(shards, tokenizer, **options))
+    interrupted = stream(shards, tokenizer, **options)
+    head = list(itertools.islice(iter(interrupted), consumed))
+    state = json.loads(json.dumps(interrupted.state_dict()))
+    restored = stream(shards, tokenizer, **options)
+    restored.load_state_dict(state)
+    assert_same_batches(head + list(restored), uninterrupted)
+
+
+def test_packed_and_padded_stream_states_do_not_mix(shards, tokenizer) -> None:
+    with pytest.raises(ValueError, match="tokens_per_batch"):
+        stream(shards, tokenizer).load_state_dict(stream(shards, tokenizer, **PACKED).state_dict())
+    with pytest.raises(ValueError, match="must hold the longest string"):
+        stream(shards, tokenizer, tokens_per_batch=64, max_length=128)

@@ -62,9 +62,22 @@ class BatchEncoding:
     segment_ids: np.ndarray
 
 
+@dataclass
+class PackedEncoding:
+    """Token ids of a batch packed one sequence after the other, no padding (numpy int64
+    [N] arrays; ``cu_seqlens`` int32 [S + 1], the cumulative lengths starting at 0): the
+    layout ``cloud.packed`` computes on."""
+
+    input_ids: np.ndarray
+    segment_ids: np.ndarray
+    position_ids: np.ndarray
+    """Position of each token within its own sequence (0 at its [CLS])."""
+    cu_seqlens: np.ndarray
+
+
 class Vocabulary:
     """What every tokenizer here shares: a token list with the BERT special tokens, ids,
-    padding into ``BatchEncoding`` and the JSON file (``to_dict``/``from_dict`` are the
+    padding into ``BatchEncoding`` (or packing into ``PackedEncoding``) and the JSON file (``to_dict``/``from_dict`` are the
     subclass's, with its format name). Subclasses say how a string splits (``tokenize``),
     which segment each position is in (``segment_ids``) and how ids read back (``decode``).
     """
@@ -150,6 +163,22 @@ class Vocabulary:
             attention[row, : len(ids)] = 1
             segments[row, : len(ids)] = self.segment_ids(ids)
         return BatchEncoding(input_ids, attention, segments)
+
+    def pack(self, sequences: Sequence[Sequence[int]]) -> PackedEncoding:
+        """Concatenate id sequences without padding, with positions restarting at each."""
+        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        cu_seqlens = np.zeros(len(sequences) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=cu_seqlens[1:])
+        flat = [token for ids in sequences for token in ids]
+        segments = [segment for ids in sequences for segment in self.segment_ids(ids)]
+        starts = np.repeat(cu_seqlens[:-1].astype(np.int64), lengths)
+        positions = np.arange(int(cu_seqlens[-1]), dtype=np.int64) - starts
+        return PackedEncoding(
+            np.asarray(flat, dtype=np.int64),
+            np.asarray(segments, dtype=np.int64),
+            positions,
+            cu_seqlens,
+        )
 
     def _fit(self, ids: list[int], limit: int, truncate: bool, index: int) -> list[int]:
         if len(ids) <= limit:

@@ -1,7 +1,8 @@
 """Streaming batches of SCOPE token ids from corpus shards, for pretraining.
 
-``CorpusStream`` reads the WebDataset shards of ``cloud corpus build`` and yields padded
-batches. Everything about the order is a function of ``seed``, the epoch, the rank and the
+``CorpusStream`` reads the WebDataset shards of ``cloud corpus build`` and yields batches:
+padded ones of ``batch_size`` sequences, or, with ``tokens_per_batch``, packed ones filled to
+that many tokens (the strings one after the other, no padding: ``cloud.packed``). Everything about the order is a function of ``seed``, the epoch, the rank and the
 reader (dataloader worker): each epoch shuffles the shard list with ``seed + epoch``, deals it
 to ranks and then to workers (each shard goes to exactly one reader), and each reader shuffles
 its samples with a seeded buffer and cuts batches. The main process takes the readers' batches
@@ -68,6 +69,7 @@ class _Reader:
         self.shuffle_buffer = stream.shuffle_buffer
         self.max_length = stream.max_length
         self.drop_last = stream.drop_last
+        self.tokens_per_batch = stream.tokens_per_batch
         self._stored_ids_usable: dict[str, bool] = {}
 
     def shards_for(self, epoch: int, reader: int) -> list[str]:
@@ -85,8 +87,14 @@ class _Reader:
         ]
         if self.shuffle_buffer > 1:
             stages.append(wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng))
+        samples = wds.DataPipeline(*stages)
+        if self.tokens_per_batch:
+            for index, sequences in enumerate(self.token_budget_chunks(samples)):
+                if index >= skip:
+                    yield self.collate_packed(sequences)
+            return
         chunk: list[dict[str, Any]] = []
-        for sample in wds.DataPipeline(*stages):
+        for sample in samples:
             chunk.append(sample)
             if len(chunk) < self.batch_size:
                 continue
@@ -98,12 +106,38 @@ class _Reader:
         if chunk and not self.drop_last and not skip:
             yield self.collate(chunk)
 
+    def token_budget_chunks(self, samples: Iterator[dict[str, Any]]) -> Iterator[list[list[int]]]:
+        """The samples' token ids in consecutive groups of at most ``tokens_per_batch``
+        tokens: a string that would overflow the budget opens the next group, so the order
+        is kept and a batch wastes less than one string's worth of its budget."""
+        budget = self.tokens_per_batch or 0
+        chunk: list[list[int]] = []
+        used = 0
+        for sample in samples:
+            ids = self.token_ids(sample)
+            if chunk and used + len(ids) > budget:
+                yield chunk
+                chunk, used = [], 0
+            chunk.append(ids)
+            used += len(ids)
+        if chunk and not self.drop_last:
+            yield chunk
+
     def collate(self, samples: list[dict[str, Any]]) -> Batch:
         encoded = self.tokenizer.pad([self.token_ids(s) for s in samples])
         return {
             "input_ids": torch.from_numpy(encoded.input_ids),
             "attention_mask": torch.from_numpy(encoded.attention_mask),
             "segment_ids": torch.from_numpy(encoded.segment_ids),
+        }
+
+    def collate_packed(self, sequences: list[list[int]]) -> Batch:
+        packed = self.tokenizer.pack(sequences)
+        return {
+            "input_ids": torch.from_numpy(packed.input_ids),
+            "segment_ids": torch.from_numpy(packed.segment_ids),
+            "position_ids": torch.from_numpy(packed.position_ids),
+            "cu_seqlens": torch.from_numpy(packed.cu_seqlens),
         }
 
     def token_ids(self, sample: dict[str, Any]) -> list[int]:
@@ -159,7 +193,9 @@ class _EpochDataset(IterableDataset):
 
 class CorpusStream:
     """An iterable of padded batches ``{"input_ids", "attention_mask", "segment_ids"}``
-    (LongTensor[B, T], T = the batch's longest sequence, at most ``max_length``).
+    (LongTensor[B, T], T = the batch's longest sequence, at most ``max_length``), or with
+    ``tokens_per_batch`` of packed batches ``{"input_ids", "segment_ids", "position_ids"}``
+    (LongTensor[N], N ≤ tokens_per_batch) ``+ "cu_seqlens"`` (IntTensor[S + 1]).
 
     ``rank``/``world_size`` split the shards between data-parallel ranks (explicitly, without
     torch.distributed), ``num_workers`` between dataloader processes on each rank (0: read in
@@ -186,6 +222,7 @@ class CorpusStream:
         max_length: int = 128,
         epochs: int | None = None,
         drop_last: bool = True,
+        tokens_per_batch: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -199,6 +236,11 @@ class CorpusStream:
             raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
         if epochs is not None and epochs < 0:
             raise ValueError(f"epochs must be None (forever) or >= 0, got {epochs}")
+        if tokens_per_batch is not None and tokens_per_batch < max_length:
+            raise ValueError(
+                f"tokens_per_batch ({tokens_per_batch}) must hold the longest string, "
+                f"max_length={max_length}"
+            )
         self.shards = [str(p) for p in shards]
         self.readers = max(1, num_workers)
         needed = world_size * self.readers
@@ -220,6 +262,7 @@ class CorpusStream:
         self.max_length = max_length
         self.epochs = epochs
         self.drop_last = drop_last
+        self.tokens_per_batch = tokens_per_batch
         self._reader = _Reader(self)
         self._start_epoch(0)
 
@@ -252,7 +295,8 @@ class CorpusStream:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported CorpusStream state version {state.get('version')}")
         if state["config"] != self._config():
-            different = sorted(k for k, v in self._config().items() if state["config"].get(k) != v)
+            mine, saved = self._config(), state["config"]
+            different = sorted(k for k in {*mine, *saved} if saved.get(k) != mine.get(k))
             raise ValueError(
                 "CorpusStream state was saved with another configuration "
                 f"(differs in: {', '.join(different)}); the position would not mean the same"
@@ -275,6 +319,9 @@ class CorpusStream:
             "max_length": self.max_length,
             "drop_last": self.drop_last,
             "vocab_hash": self.tokenizer.vocab_hash,
+            # Only when set, so that the state of a stream saved before packing existed
+            # still matches the same (padded) stream.
+            **({"tokens_per_batch": self.tokens_per_batch} if self.tokens_per_batch else {}),
         }
 
     # ------------------------------------------------------------------ iteration
@@ -286,9 +333,14 @@ class CorpusStream:
                 yielded = True
                 yield batch
             if not yielded and sum(self._reader_batches) == 0:
+                size = (
+                    f"{self.tokens_per_batch} tokens"
+                    if self.tokens_per_batch
+                    else f"{self.batch_size} samples"
+                )
                 raise ValueError(
-                    f"rank {self.rank}: epoch {self._epoch} has no batch of {self.batch_size} "
-                    "samples (too few samples for this batch_size with drop_last=True)"
+                    f"rank {self.rank}: epoch {self._epoch} has no batch of {size} "
+                    "(too few samples for this batch size with drop_last=True)"
                 )
             self._start_epoch(self._epoch + 1)
 

@@ -43,6 +43,7 @@ import torch
 from cloud import CloudConfig, CloudForMaskedLM, count_parameters, family
 from cloud.model import IGNORE_INDEX
 from train import checkpoint as ckpt
+from train.common.batching import is_packed, sequence_lengths
 from train.common.paths import env_with_repository
 from train.common.schedule import lr_factor
 from train.config import apply_overrides, build_config, read_yaml_mapping
@@ -99,7 +100,13 @@ class DataSection:
     max_length: int = 128
     """Longest sequence in tokens, [CLS]/[SEP] included; also the position-table size."""
     micro_batch_size: int = 64
-    """Sequences per rank per forward/backward."""
+    """Sequences per rank per forward/backward (padded batches; with ``tokens_per_batch``
+    only DeepSpeed's bookkeeping reads it)."""
+    tokens_per_batch: int | None = None
+    """Pack each rank's micro-batch to this many tokens instead of ``micro_batch_size``
+    sequences: the strings one after the other with no padding, positions restarting at
+    each, attention kept within each (``cloud.packed``); null = padded batches. At least
+    ``max_length``."""
     eval_batch_size: int = 128
     """Sequences per validation batch."""
     eval_batches: int = 20
@@ -179,6 +186,9 @@ class SystemSection:
     """auto (bf16 on GPUs with bf16, fp32 otherwise), bf16 or fp32."""
     compile: bool = False
     """torch.compile the model (via ``engine.compile``, dynamic shapes)."""
+    padded_compute: bool = False
+    """Compute padded batches over every position, padding included, as before unpadded
+    compute (``cloud.packed``); only for comparison: the result is the same, slower."""
     attention_backend: str = "auto"
     """SDPA kernels preferred: auto (torch's choice), flash, efficient, cudnn, math. Batches
     without padding drop the attention mask so that flash kernels can run."""
@@ -271,6 +281,12 @@ class PretrainConfig:
         d, o, t, c = self.data, self.optim, self.train, self.checkpoint
         return [
             ("data.max_length", d.max_length, _long_enough, f">= {MIN_MAX_LENGTH}"),
+            (
+                "data.tokens_per_batch",
+                d.tokens_per_batch,
+                lambda n: n >= d.max_length,
+                f">= data.max_length ({d.max_length}) or null",
+            ),
             ("data.val_shards", d.val_shards, _non_negative, ">= 0"),
             ("data.eval_batches", d.eval_batches, _non_negative, ">= 0 (0: all)"),
             ("data.num_workers", d.num_workers, _non_negative, ">= 0"),
@@ -408,16 +424,24 @@ def validation_batches(
 def model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
     """Keyword arguments of ``CloudForMaskedLM.forward`` on ``device``.
 
-    A batch without padding (bucketed or packed) passes no attention mask: the result is the
-    same and SDPA may then use its flash kernels. The check runs on the CPU batch (no sync).
+    A padded batch without padding passes no attention mask (the same result, and SDPA may
+    use its flash kernels); a packed batch passes ``cu_seqlens``, ``position_ids`` and its
+    longest sequence, read on the CPU batch so that the model never syncs to find it.
     """
-    attention_mask = batch["attention_mask"]
-    has_padding = not bool(attention_mask.all())
-    inputs = {
+    inputs: dict[str, Any] = {
         "input_ids": batch["input_ids"].to(device, non_blocking=True),
-        "attention_mask": attention_mask.to(device, non_blocking=True) if has_padding else None,
         "segment_ids": batch["segment_ids"].to(device, non_blocking=True),
     }
+    if is_packed(batch):
+        inputs["cu_seqlens"] = batch["cu_seqlens"].to(device, non_blocking=True)
+        inputs["position_ids"] = batch["position_ids"].to(device, non_blocking=True)
+        inputs["max_seqlen"] = int(sequence_lengths(batch).max())
+    else:
+        attention_mask = batch["attention_mask"]
+        has_padding = not bool(attention_mask.all())
+        inputs["attention_mask"] = (
+            attention_mask.to(device, non_blocking=True) if has_padding else None
+        )
     if "labels" in batch:
         inputs["labels"] = batch["labels"].to(device, non_blocking=True)
     return inputs
@@ -516,6 +540,9 @@ class Progress:
     sequences: int = 0
     flops: float = 0.0
     train_time_s: float = 0.0
+    positions: int = 0
+    """Token positions the projections and MLPs computed: the real tokens, plus the padding
+    when padded batches are computed padded (``system.padded_compute``)."""
 
 
 class Trainer:
@@ -538,7 +565,14 @@ class Trainer:
         self.progress = Progress()
         self.run_dir = Path(config.run_dir)
         self.checkpoint_dir = config.checkpoint_dir
-        self._pending = {"loss": 0.0, "steps": 0, "tokens": 0, "sequences": 0, "sq": 0.0}
+        self._pending = {
+            "loss": 0.0,
+            "steps": 0,
+            "tokens": 0,
+            "sequences": 0,
+            "sq": 0.0,
+            "positions": 0,
+        }
         self._pending_loss = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         self._interval_time = 0.0
         self.last_val: dict[str, float] = {}
@@ -587,6 +621,7 @@ class Trainer:
             self.config, self.tokenizer.vocab_size, self.tokenizer.pad_id
         )
         self.model = CloudForMaskedLM(self.model_config)
+        self.model.encoder.compute_padded = self.config.system.padded_compute
         if self.model_config.token_features is not None:
             self.model.set_token_features(self.tokenizer.tokens)
         self.n_params = count_parameters(self.model_config)
@@ -618,6 +653,7 @@ class Trainer:
             max_length=data.max_length,
             epochs=None,
             drop_last=True,
+            tokens_per_batch=data.tokens_per_batch,
         )
         self.val_batches = validation_batches(self.config, self.tokenizer, val_paths)
         self._train_iter: Iterator[dict[str, torch.Tensor]] | None = None
@@ -713,10 +749,14 @@ class Trainer:
                     self._measure_grad_norm_before_step()
             self.engine.step()
             loss += output.loss.detach().double()
-            lengths = batch["attention_mask"].sum(dim=1)
+            lengths = sequence_lengths(batch)
             self._pending["tokens"] += int(lengths.sum())
             self._pending["sequences"] += len(lengths)
             self._pending["sq"] += float((lengths.double() ** 2).sum())
+            padded = cfg.system.padded_compute and not is_packed(batch)
+            self._pending["positions"] += (
+                batch["input_ids"].numel() if padded else int(lengths.sum())
+            )
         self._pending_loss += loss / cfg.train.grad_accum_steps
         self._pending["steps"] += 1
         norm = self.engine.get_global_grad_norm() if measure else None
@@ -736,12 +776,13 @@ class Trainer:
     def sync_progress(self) -> dict[str, float]:
         """Fold this interval's per-rank counters into the global Progress (collective)."""
         pending = self._pending
-        loss_sum, tokens, sequences, sq = all_reduce_sum(
+        loss_sum, tokens, sequences, sq, positions = all_reduce_sum(
             [
                 float(self._pending_loss),
                 float(pending["tokens"]),
                 float(pending["sequences"]),
                 pending["sq"],
+                float(pending["positions"]),
             ],
             self.dist.device,
         )
@@ -754,9 +795,17 @@ class Trainer:
         flops = 6 * self.n_params_non_embedding * tokens + attention_per_token_len * sq
         self.progress.tokens += int(tokens)
         self.progress.sequences += int(sequences)
+        self.progress.positions += int(positions)
         self.progress.flops += flops
         self.progress.train_time_s += interval_time
-        self._pending = {"loss": 0.0, "steps": 0, "tokens": 0, "sequences": 0, "sq": 0.0}
+        self._pending = {
+            "loss": 0.0,
+            "steps": 0,
+            "tokens": 0,
+            "sequences": 0,
+            "sq": 0.0,
+            "positions": 0,
+        }
         self._pending_loss.zero_()
         self._interval_time = 0.0
         world = self.dist.world_size
@@ -962,6 +1011,12 @@ class Trainer:
             "wall_time_s": wall_time_s,
             "train_time_s": progress.train_time_s,
             "tokens_per_s": progress.tokens / max(progress.train_time_s, 1e-9),
+            # Old checkpoints did not count positions: their share is unknown (null).
+            "padding_fraction": (
+                1 - progress.tokens / progress.positions
+                if progress.positions >= progress.tokens > 0
+                else None
+            ),
             "device": device,
             "world_size": self.dist.world_size,
             "zero_stage": self.config.system.zero_stage,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,3 +33,16 @@ def make_batch(
         "attention_mask": attention.to(device) if has_padding else None,
         "segment_ids": segments.to(device),
     }
+
+
+def is_packed(batch: Mapping[str, Any]) -> bool:
+    """Whether ``batch`` is packed (``cu_seqlens``, ``train.data``) rather than padded."""
+    return "cu_seqlens" in batch
+
+
+def sequence_lengths(batch: Mapping[str, Any]) -> torch.Tensor:
+    """[S] real tokens of each sequence of a padded or packed batch."""
+    if is_packed(batch):
+        cu = batch["cu_seqlens"].long()
+        return cu[1:] - cu[:-1]
+    return batch["attention_mask"].sum(dim=1)
