@@ -12,6 +12,7 @@ Layout of a checkpoint directory (``<run_dir>/checkpoints`` by default)::
         mp_rank_00_model_states.pt               # DeepSpeed: module, client_state, scheduler
         zero_pp_rank_R_mp_rank_00_optim_states.pt   # DeepSpeed: ZeRO partitions (stage >= 1)
         rank_state_0000R.pt       # ours: data-stream position and RNG states of rank R
+                                  #   (tensors and plain containers only, see below)
         config.json tokenizer.json pretrain_config.json   # copies, so a tag is self-contained
         trainer_state.json        # step, tokens seen, world size (human-readable)
 
@@ -24,17 +25,35 @@ rank 0 renames the complete directory to ``checkpoints/<tag>`` and only then rep
 either the previous ``latest`` or the new one, each pointing at a complete checkpoint; a
 half-written ``.staging`` is removed when the next run starts. All ranks must see the same
 file system (a node-local disk per host is not supported).
+
+Reading a checkpoint never runs code from it. Every ``.pt`` file is read with
+``torch.load(weights_only=True)``, whose unpickler builds tensors and plain containers and
+refuses any other global unless it is allow-listed:
+
+- ``rank_state_*.pt`` holds only tensors, dicts, lists, tuples and scalars (the numpy RNG
+  state is saved as a list), so it needs no allow-list; a rank state written before that, with
+  the numpy state as an array, needs ``LEGACY_RANK_STATE_GLOBALS`` (a uint32 array, nothing
+  else).
+- DeepSpeed's files are read by DeepSpeed itself, which calls ``torch.load(...,
+  weights_only=False)``. ``weights_only_torch_load`` patches ``torch.load`` for the duration
+  of the resume (and of the ZeRO consolidation of ``cloud export``) so those calls read with
+  ``weights_only=True`` and exactly ``DEEPSPEED_SAFE_GLOBALS``, the three classes DeepSpeed
+  0.19 writes (found by loading real stage 0-3, fp32 and bf16, 1- and 2-process checkpoints).
+
+A file holding anything else is refused with a ``CheckpointFileError`` naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +67,35 @@ LATEST = "latest"
 STAGING = ".staging"
 TAG_PATTERN = re.compile(r"^step_(\d{8,})$")
 RECOVERY_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
+
+DEEPSPEED_SAFE_GLOBALS: tuple[str, ...] = (
+    # ZeRO optimizer shards (stage 1-3, and the bf16 optimizer at stage 0) record the loss
+    # scaler object (a plain object of floats, even when unused), the stage as an int enum
+    # and, at stages 1-2, dataclasses of (numel, start) per parameter fragment. Model-states
+    # files hold only tensors and plain containers.
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+"""Everything beyond tensors and plain containers that DeepSpeed's checkpoint files may hold.
+Each is a data class whose unpickling only sets attributes (or, for the enum, looks a member
+up); none runs code of the file's choosing."""
+
+LEGACY_RANK_STATE_GLOBALS: tuple[str, ...] = (
+    # Rank states written before the numpy RNG state was saved as a list hold it as a uint32
+    # array: rebuilding one needs numpy's array reconstructor, the array and dtype classes and
+    # the uint32 dtype's class (an object array, the only kind that could hold more, is not
+    # allowed: its dtype class is not listed).
+    "numpy._core.multiarray._reconstruct",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy.dtypes.UInt32DType",
+)
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that cannot be read safely: it holds objects outside the allow-list
+    (a tampered or foreign file) or is not a torch file at all. The message names the file."""
 
 
 def checkpoint_tag(step: int) -> str:
@@ -95,11 +143,20 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what ``rng_state`` returned, or its ``storable_rng_state`` form."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def storable_rng_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` (``rng_state``) with the numpy key as a list of ints instead of an array, so
+    ``torch.load(weights_only=True)`` reads it without allow-listing numpy."""
+    name, key, *rest = state["numpy"]
+    return {**state, "numpy": (name, np.asarray(key).tolist(), *rest)}
 
 
 def clean_staging(checkpoint_dir: str | os.PathLike, rank: int) -> None:
@@ -124,14 +181,17 @@ def save_checkpoint(
     """Save and atomically publish the checkpoint of ``step``; every rank must call it.
 
     ``client_state`` goes into DeepSpeed's model-states file (rank 0's copy is kept);
-    ``rank_state`` is per rank (data position, RNG) and goes to ``rank_state_<rank>.pt``;
-    ``metadata`` maps file names (config.json...) to text written beside the checkpoint.
-    Returns the published directory.
+    ``rank_state`` is per rank (data position, RNG: tensors and plain containers; an ``rng``
+    entry from ``rng_state`` is stored with ``storable_rng_state``) and goes to
+    ``rank_state_<rank>.pt``; ``metadata`` maps file names (config.json...) to text written
+    beside the checkpoint. Returns the published directory.
     """
     root = Path(checkpoint_dir)
     staging = root / STAGING
     tag = checkpoint_tag(step)
     engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
+    if "rng" in rank_state:
+        rank_state = {**rank_state, "rng": storable_rng_state(rank_state["rng"])}
     torch.save(rank_state, staging / tag / f"rank_state_{rank:05d}.pt")
     if rank == 0:
         trainer_state = {"step": step, "world_size": world_size, **_json_scalars(client_state)}
@@ -190,6 +250,8 @@ def load_checkpoint(
 
     The caller restores the data position and the RNG from the rank state. A different world
     size is refused: each rank's data position belongs to that rank's shard of the stream.
+    Nothing in the checkpoint is unpickled beyond tensors, plain containers and the listed
+    DeepSpeed classes; a file holding more raises ``CheckpointFileError`` naming it.
     """
     tag = tag or read_latest(checkpoint_dir)
     if tag is None:
@@ -197,18 +259,104 @@ def load_checkpoint(
     rank_file = Path(checkpoint_dir) / tag / f"rank_state_{rank:05d}.pt"
     if not rank_file.is_file():
         raise FileNotFoundError(f"{rank_file} missing: was {tag} saved by a smaller job?")
-    rank_state = torch.load(rank_file, map_location="cpu", weights_only=False)
+    rank_state = safe_torch_load(rank_file, LEGACY_RANK_STATE_GLOBALS)
+    if not isinstance(rank_state, dict):
+        raise CheckpointFileError(f"{rank_file}: not a rank state (a {type(rank_state).__name__})")
     if rank_state.get("world_size") != world_size:
         raise ValueError(
             f"checkpoint {tag} was saved by {rank_state.get('world_size')} processes; resuming "
             f"with {world_size} would replay or skip data. Resume with the same world size."
         )
-    load_path, client_state = engine.load_checkpoint(
-        str(checkpoint_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    with weights_only_torch_load():
+        load_path, client_state = engine.load_checkpoint(
+            str(checkpoint_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {tag} from {checkpoint_dir}")
     return tag, dict(client_state or {}), rank_state
+
+
+def safe_torch_load(
+    path: str | os.PathLike,
+    allowed: Sequence[str] = (),
+    *,
+    map_location: Any = "cpu",
+    **kwargs: Any,
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with the globals named in ``allowed`` (dotted
+    paths, e.g. ``DEEPSPEED_SAFE_GLOBALS``) allowed besides torch's own tensors and plain
+    containers. A file holding anything else, or no torch file at all, raises
+    ``CheckpointFileError``: one line naming the file and the first offending global."""
+    load = getattr(torch.load, "__wrapped__", torch.load)  # the real one, even when patched
+    with torch.serialization.safe_globals(_resolve_globals(allowed)):
+        try:
+            return load(path, map_location=map_location, weights_only=True, **kwargs)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointFileError(
+                f"{path}: refused, not plain tensors and containers ({_unpickler_reason(exc)}); "
+                "was it modified, or written by something else?"
+            ) from None
+        except OSError:
+            raise  # missing or unreadable: the OS error names the file
+        except Exception as exc:  # a damaged file makes the unpickler raise about anything
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            raise CheckpointFileError(
+                f"{path}: not a readable torch file ({type(exc).__name__}: {first_line})"
+            ) from None
+
+
+@contextlib.contextmanager
+def weights_only_torch_load(allowed: Sequence[str] = DEEPSPEED_SAFE_GLOBALS) -> Iterator[None]:
+    """Within the block, every ``torch.load(...)`` call reads as ``safe_torch_load(...,
+    allowed)`` does, even when the caller passes ``weights_only=False``.
+
+    DeepSpeed reads its checkpoints in several places (its checkpoint engine, the state-dict
+    loader, ``zero_to_fp32``), each with ``torch.load(..., weights_only=False)`` and no hook to
+    change it; all of them look ``torch.load`` up on the module at call time, so replacing
+    that attribute for the duration of a load covers every one, including ones a DeepSpeed
+    upgrade may add. A custom checkpoint engine would cover only the engine's reads, not the
+    consolidation in ``cloud export``. The patch is process-wide while the block runs; loading
+    happens on one thread with nothing else reading files meanwhile.
+    """
+    original = torch.load
+
+    def load(f: Any, map_location: Any = None, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("weights_only", None)
+        if args or kwargs.pop("pickle_module", None) is not None:
+            raise CheckpointFileError(f"{f}: refused, a custom unpickler was asked for")
+        return safe_torch_load(f, allowed, map_location=map_location, **kwargs)
+
+    load.__wrapped__ = original  # type: ignore[attr-defined]
+    torch.load = load  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def _resolve_globals(names: Sequence[str]) -> list[tuple[Any, str]]:
+    """(object, dotted name) pairs for ``torch.serialization.safe_globals``; a name that does
+    not import (another numpy or DeepSpeed version) is skipped: its files cannot exist here."""
+    resolved = []
+    for name in names:
+        module_name, _, attribute = name.rpartition(".")
+        try:
+            resolved.append((getattr(importlib.import_module(module_name), attribute), name))
+        except (ImportError, AttributeError):
+            continue
+    return resolved
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)|but got (<[^>]*>)")
+
+
+def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
+    """The offending global of a weights-only refusal, without torch's advice to allow it."""
+    match = _UNSUPPORTED_GLOBAL.search(str(exc))
+    if match:
+        return f"{match.group(1) or match.group(2)} is not allowed"
+    lines = [line for line in str(exc).splitlines() if "WeightsUnpickler error" in line]
+    return lines[0].split("WeightsUnpickler error:", 1)[1].strip() if lines else "not weights"
 
 
 def _json_scalars(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from cloud.export import (
     sha256_file,
     tokenizer_from_file,
 )
+from train.checkpoint import safe_torch_load, weights_only_torch_load
 
 FORMATS = ("cloud", "hf")
 LATEST = "latest"
@@ -139,9 +140,11 @@ def consolidate_state_dict(location: CheckpointLocation) -> dict[str, Tensor]:
 
     ZeRO 1–3 checkpoints hold the fp32 master weights in per-rank optimizer shards, merged by
     DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint``. A stage-0 checkpoint has no
-    shards: its model-states file (``torch.load(weights_only=True)``) holds the whole module,
-    and, when training was bf16, the optimizer's fp32 masters, which replace the module's
-    rounded weights (see ``stage0_state_dict``).
+    shards: its model-states file holds the whole module, and, when training was bf16, the
+    optimizer's fp32 masters, which replace the module's rounded weights (see
+    ``stage0_state_dict``). Every file is read with ``weights_only=True`` (DeepSpeed's reads
+    through ``train.checkpoint.weights_only_torch_load``): a file holding objects beyond
+    tensors, plain containers and ``DEEPSPEED_SAFE_GLOBALS`` raises ``CheckpointFileError``.
     """
     tag_dir = location.tag_dir
     if any(tag_dir.glob("*_optim_states.pt")):
@@ -151,15 +154,14 @@ def consolidate_state_dict(location: CheckpointLocation) -> dict[str, Tensor]:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         # zero_to_fp32 reports progress with print(); keep stdout for our own output.
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), weights_only_torch_load():
             return get_fp32_state_dict_from_zero_checkpoint(
                 str(location.checkpoint_dir), tag=location.tag
             )
     model_states = tag_dir / MODEL_STATES[0]
     if not model_states.is_file():
         raise FileNotFoundError(f"{tag_dir}: no ZeRO optimizer shards and no {MODEL_STATES[0]}")
-    states = torch.load(model_states, map_location="cpu", weights_only=True)
-    return stage0_state_dict(states)
+    return stage0_state_dict(safe_torch_load(model_states))
 
 
 def stage0_state_dict(states: Mapping[str, Any]) -> dict[str, Tensor]:
