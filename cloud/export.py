@@ -23,7 +23,11 @@ shape. ``CloudForMaskedLM`` is registered here through adapter functions. Fine-t
 register in the module that defines the class (``@register_architecture`` on the class): the
 package records ``cls.__module__`` and loading imports it (only under ``cloud.``/``train.``).
 
-Loading never unpickles: weights come from safetensors, everything else from JSON.
+Loading never unpickles: weights come from safetensors, everything else from JSON. Nor does
+it trust a package's size: config.json is checked against ``CONFIG_LIMITS``, ``HEAD_LIMITS``
+and ``MAX_PARAMETERS`` before anything is built, and every tensor's shape and dtype in the
+safetensors header against the model the config describes (built on the meta device, without
+memory) before the model itself is built or a weight read.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cloud.flavours import count_parameters
 from cloud.model import CloudConfig, CloudForMaskedLM
 
 FORMAT_NAME = "cloud-pretrained"
@@ -86,6 +91,36 @@ CITATION = """@article{xu2025cloud,
 
 class PackageError(ValueError):
     """A package that must not be loaded: corrupted, modified, or of an unknown format."""
+
+
+# A package is data from elsewhere, checksums included: without bounds, "num_layers": 200000
+# in its config.json would make load_pretrained build (and randomly initialise) modules until
+# the machine runs out of memory before any check could object. The bounds are finite and far
+# above every flavour (xl: 24 layers, width 2048, MLP 8192, 1.3 B parameters; the SCOPE
+# vocabulary has 443 tokens, the released WordPiece one 564).
+CONFIG_LIMITS: dict[str, int] = {
+    "vocab_size": 1 << 20,
+    "max_position_embeddings": 1 << 16,
+    "hidden_size": 1 << 15,
+    "num_layers": 512,
+    "num_heads": 1024,
+    "intermediate_size": 1 << 17,
+    "num_segments": 1024,
+}
+"""Largest value of each CloudConfig size a package may ask for (``cloud_config``, or
+``model_config`` in version 1)."""
+
+HEAD_LIMITS: dict[str, int] = {"num_outputs": 1 << 20, "hidden_sizes": 1 << 15}
+"""Largest head outputs and hidden width (each of ``hidden_sizes``) of a fine-tuned package."""
+
+MAX_HEAD_LAYERS = 64
+"""Most hidden layers (entries of ``hidden_sizes``) a head may have."""
+
+MAX_PARAMETERS = 20_000_000_000
+"""Most parameters a package's model may have (20 B; counted from the config first)."""
+
+MAX_JSON_BYTES = 64 << 20
+"""Largest config.json or vocab.json read (64 MiB; both are kilobytes)."""
 
 
 # ----------------------------------------------------------------------------- registry
@@ -473,7 +508,7 @@ def read_package_config(path: str | os.PathLike) -> dict[str, Any]:
     """config.json of a package, checked for the format name and a readable version."""
     config_path = Path(path) / CONFIG_FILE
     try:
-        config = json.loads(config_path.read_text())
+        config = _read_json_file(config_path)
     except FileNotFoundError:
         raise PackageError(f"{config_path}: missing; {path} is not a CLOUD package") from None
     except (OSError, json.JSONDecodeError) as exc:
@@ -494,12 +529,23 @@ def read_package_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def _read_json_file(path: Path) -> Any:
+    """``json.loads`` of a file no larger than ``MAX_JSON_BYTES`` (``PackageError`` if larger)."""
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise PackageError(
+            f"{path}: {size:,} bytes, more than the {MAX_JSON_BYTES:,} a package file may have"
+        )
+    return json.loads(path.read_text())
+
+
 def is_package(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a directory whose config.json says it is a CLOUD package."""
+    """Whether ``path`` is a directory whose config.json (of at most ``MAX_JSON_BYTES``) says
+    it is a CLOUD package."""
     config_path = Path(path) / CONFIG_FILE
     try:
-        return json.loads(config_path.read_text()).get("format") == FORMAT_NAME
-    except (OSError, ValueError, AttributeError):
+        return _read_json_file(config_path).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):  # PackageError is a ValueError
         return False
 
 
@@ -510,8 +556,12 @@ def load_pretrained(
 
     With ``verify`` (the default) every file is checked against SHA256SUMS first. A package of
     an unknown format version, a checksum mismatch, or a vocab.json whose hash differs from the
-    one config.json records is refused with a ``PackageError`` naming the file. The model is
-    returned in eval mode, in ``dtype`` (bf16 weights are upcast to float32 by default).
+    one config.json records is refused with a ``PackageError`` naming the file. So is one
+    whose config.json asks for a model beyond ``CONFIG_LIMITS``, ``HEAD_LIMITS`` or
+    ``MAX_PARAMETERS`` (naming the key; checked before anything is allocated), or whose
+    safetensors header holds a tensor of another name, shape or dtype than that model's
+    (naming the tensor; checked before the model is built). The model is returned in eval
+    mode, in ``dtype`` (bf16 weights are upcast to float32 by default).
     """
     path = Path(path)
     required = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE)
@@ -525,6 +575,7 @@ def load_pretrained(
         verify_checksums(path, required)  # says what is missing
     loader = _load_v1 if version == 1 else _load_v2
     try:
+        check_config_limits(config, path / CONFIG_FILE)
         model, tokenizer = loader(path, config)
     except (KeyError, TypeError) as exc:
         raise PackageError(
@@ -540,9 +591,16 @@ def _load_v2(path: Path, config: dict[str, Any]) -> tuple[nn.Module, Any]:
     tokenizer = _read_tokenizer(vocab_path, record["vocab_hash"])
     spec = config["architecture"]
     architecture = get_architecture(spec["name"], spec.get("module"))
-    model = architecture.from_export_config(spec["config"])
     weights = config["weights"]
-    state = _read_safetensors(path / _plain_name(weights.get("file", WEIGHTS_FILE)))
+    weights_path = path / _plain_name(weights.get("file", WEIGHTS_FILE))
+
+    def build() -> nn.Module:
+        return architecture.from_export_config(spec["config"])
+
+    expected = expected_tensors(build, path / CONFIG_FILE)
+    check_safetensors_header(weights_path, expected, weights.get("tied", {}), weights["dtype"])
+    model = build()
+    state = _read_safetensors(weights_path)
     load_weights(model, state, weights.get("tied", {}), source=path / WEIGHTS_FILE)
     return model, tokenizer
 
@@ -550,7 +608,13 @@ def _load_v2(path: Path, config: dict[str, Any]) -> tuple[nn.Module, Any]:
 def _load_v1(path: Path, config: dict[str, Any]) -> tuple[nn.Module, Any]:
     # Version 1: always a CloudForMaskedLM and a SCOPE tokenizer; tied tensors stored twice.
     tokenizer = _read_tokenizer(path / VOCAB_FILE, config["vocab_hash"])
-    model = CloudForMaskedLM(CloudConfig.from_dict(config["model_config"]))
+
+    def build() -> nn.Module:
+        return CloudForMaskedLM(CloudConfig.from_dict(config["model_config"]))
+
+    expected = expected_tensors(build, path / CONFIG_FILE)
+    check_safetensors_header(path / WEIGHTS_FILE, expected, {}, config.get("dtype", "float32"))
+    model = build()
     state = _read_safetensors(path / WEIGHTS_FILE)
     load_weights(model, state, {}, source=path / WEIGHTS_FILE)
     return model, tokenizer
@@ -563,6 +627,144 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
         raise PackageError(f"{path}: cannot read safetensors: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- bounds
+
+
+def check_config_limits(config: Mapping[str, Any], source: Path) -> None:
+    """Refuse (``PackageError`` naming ``source`` and the key) a package config.json whose
+    encoder sizes exceed ``CONFIG_LIMITS``, whose head exceeds ``HEAD_LIMITS`` or
+    ``MAX_HEAD_LAYERS``, or whose encoder alone, counted from the config, has more than
+    ``MAX_PARAMETERS`` parameters. Allocates nothing; runs before any model is built."""
+    if config["format_version"] == 1:
+        sections = {"model_config": config["model_config"]}
+    else:
+        architecture_config = config["architecture"]["config"]
+        sections = {
+            f"architecture.config.{name}": architecture_config[name]
+            for name in ("cloud_config", "head")
+            if name in architecture_config
+        }
+    for prefix, values in sections.items():
+        if not isinstance(values, Mapping):
+            raise PackageError(f"{source}: {prefix} is not an object")
+        if prefix.endswith("head"):
+            _check_head_limits(values, f"{source}: {prefix}")
+            continue
+        for key, limit in CONFIG_LIMITS.items():
+            if key in values:
+                _check_size(values[key], limit, f"{source}: {prefix}.{key}")
+        try:
+            parameters = count_parameters(CloudConfig.from_dict(values))
+        except (TypeError, ValueError) as exc:
+            raise PackageError(f"{source}: {prefix}: {exc}") from exc
+        _check_parameter_count(parameters, f"{source}: {prefix}")
+
+
+def _check_head_limits(values: Mapping[str, Any], where: str) -> None:
+    if "num_outputs" in values:
+        _check_size(values["num_outputs"], HEAD_LIMITS["num_outputs"], f"{where}.num_outputs")
+    sizes = values.get("hidden_sizes", [])
+    if not isinstance(sizes, list) or len(sizes) > MAX_HEAD_LAYERS:
+        raise PackageError(
+            f"{where}.hidden_sizes: must be a list of at most {MAX_HEAD_LAYERS} layer widths"
+        )
+    for index, size in enumerate(sizes):
+        _check_size(size, HEAD_LIMITS["hidden_sizes"], f"{where}.hidden_sizes[{index}]")
+
+
+def _check_size(value: Any, limit: int, where: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise PackageError(f"{where} = {value!r}: must be an integer")
+    if value > limit:
+        raise PackageError(
+            f"{where} = {value:,} is above the limit of {limit:,}; refusing to build the model"
+        )
+
+
+def _check_parameter_count(parameters: int, where: str) -> None:
+    if parameters > MAX_PARAMETERS:
+        raise PackageError(
+            f"{where}: the model would have {parameters:,} parameters, more than the "
+            f"{MAX_PARAMETERS:,} a package may have; refusing to build it"
+        )
+
+
+def expected_tensors(
+    build: Callable[[], nn.Module], source: Path
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """{state-dict name: (shape, dtype)} of the model ``build()`` makes, built on the meta
+    device (modules and shapes, no memory, no initialisation). Its parameter count, shared
+    tensors once, is checked against ``MAX_PARAMETERS`` (covering heads and architectures
+    ``check_config_limits`` does not know)."""
+    with torch.device("meta"):
+        skeleton = build()
+    _check_parameter_count(count_parameters(skeleton), f"{source}: the architecture")
+    return {name: (tuple(t.shape), t.dtype) for name, t in skeleton.state_dict().items()}
+
+
+# safetensors' dtype names (its header's "dtype") of the torch dtypes a package may hold.
+_SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def check_safetensors_header(
+    path: Path,
+    expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+    tied: Mapping[str, str],
+    dtype: str,
+) -> None:
+    """Refuse (``PackageError`` naming the tensor) a weights file whose header, read alone,
+    lists a tensor the model does not have, lacks one it has (tied aliases aside), or gives
+    one another shape, or another dtype than ``dtype`` (the package's, for floating tensors)
+    or the model's own (for the others)."""
+    from safetensors import safe_open
+
+    stored_dtype = DTYPES.get(dtype)
+    if stored_dtype is None:
+        raise PackageError(f"{path}: weights dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = {
+                name: (
+                    tuple(handle.get_slice(name).get_shape()),
+                    handle.get_slice(name).get_dtype(),
+                )
+                for name in handle.keys()  # noqa: SIM118 (safe_open is not a mapping)
+            }
+    except Exception as exc:  # safetensors raises its own error types
+        raise PackageError(f"{path}: cannot read safetensors header: {exc}") from exc
+    for name, (shape, found) in header.items():
+        if name not in expected:
+            raise PackageError(f"{path}: tensor {name!r} is not one the model has")
+        want_shape, model_dtype = expected[name]
+        want = _SAFETENSORS_DTYPES.get(
+            stored_dtype if model_dtype.is_floating_point else model_dtype
+        )
+        if shape != want_shape:
+            raise PackageError(
+                f"{path}: tensor {name!r} has shape {list(shape)} in the header, but "
+                f"config.json implies {list(want_shape)}; refusing to load"
+            )
+        if found != want:
+            raise PackageError(
+                f"{path}: tensor {name!r} is {found} in the header, but {want} is expected "
+                "(config.json's weights dtype for floating tensors, the model's for others)"
+            )
+    missing = [name for name in expected if name not in header and name not in tied]
+    if missing:
+        raise PackageError(f"{path}: tensors missing from the file: {missing}")
 
 
 def tokenizer_from_dict(data: Any, source: str) -> Any:
@@ -581,7 +783,7 @@ def tokenizer_from_dict(data: Any, source: str) -> Any:
 def tokenizer_from_file(path: str | os.PathLike) -> Any:
     """``tokenizer_from_dict`` of a JSON file (vocab.json, a checkpoint's tokenizer.json)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = _read_json_file(Path(path))
     except (OSError, json.JSONDecodeError) as exc:
         raise PackageError(f"{path}: cannot read tokenizer JSON: {exc}") from exc
     return tokenizer_from_dict(data, str(path))

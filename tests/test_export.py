@@ -220,6 +220,130 @@ def test_unknown_format_version_and_missing_sums_are_refused(debug_model, tmp_pa
     assert load_pretrained(out, verify=False).format_version == FORMAT_VERSION
 
 
+def rewrite_package(out: Path, config: dict | None = None, tensors: dict | None = None) -> None:
+    """Replace a package's config.json and/or weights and recompute SHA256SUMS, as a careful
+    tamperer would: only the checks beyond the checksums can catch the edit."""
+    from safetensors.torch import save_file
+
+    if config is not None:
+        (out / "config.json").write_text(json.dumps(config))
+    if tensors is not None:
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "SHA256SUMS").write_text(checksums_text(out))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("num_layers", 200_000),
+        ("hidden_size", 10**9),
+        ("vocab_size", 2**40),
+        ("max_position_embeddings", 10**8),
+        ("num_heads", True),
+    ],
+)
+def test_an_oversized_config_is_refused_by_key_before_anything_is_built(
+    debug_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, value: Any
+) -> None:
+    import time
+
+    import cloud.export
+
+    out = save_pretrained(debug_model, ScopeTokenizer(), tmp_path / "pkg")
+    config = json.loads((out / "config.json").read_text())
+    config["architecture"]["config"]["cloud_config"][key] = value
+    rewrite_package(out, config)
+    monkeypatch.setattr(cloud.export, "expected_tensors", None)  # never reached: not callable
+    started = time.perf_counter()
+    with pytest.raises(
+        PackageError, match=rf"config.json: architecture.config.cloud_config.{key} "
+    ):
+        load_pretrained(out)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_config_within_each_limit_but_too_many_parameters_is_refused(
+    debug_model, tmp_path: Path
+) -> None:
+    out = save_pretrained(debug_model, ScopeTokenizer(), tmp_path / "pkg")
+    config = json.loads((out / "config.json").read_text())
+    # 512 layers of width 8192 and MLP 32768: each size allowed, 412 B parameters in all.
+    sizes = {"num_layers": 512, "hidden_size": 8192, "num_heads": 64, "intermediate_size": 32768}
+    config["architecture"]["config"]["cloud_config"].update(sizes)
+    rewrite_package(out, config)
+    with pytest.raises(PackageError, match=r"config.json: .*cloud_config: the model would have"):
+        load_pretrained(out)
+
+
+def test_an_oversized_json_file_is_refused_before_it_is_parsed(
+    debug_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloud.export
+
+    out = save_pretrained(debug_model, ScopeTokenizer(), tmp_path / "pkg")
+    size = (out / "config.json").stat().st_size
+    monkeypatch.setattr(cloud.export, "MAX_JSON_BYTES", size - 1)  # as a 64 MiB file would be
+    with pytest.raises(PackageError, match=rf"config.json: {size:,} bytes, more than"):
+        load_pretrained(out)
+
+
+def test_an_oversized_head_is_refused_by_key(tmp_path: Path) -> None:
+    from cloud.heads import CloudForPropertyPrediction, HeadConfig
+
+    model = CloudForPropertyPrediction(family("debug"), HeadConfig(hidden_sizes=[16]))
+    out = save_pretrained(model, ScopeTokenizer(), tmp_path / "pkg")
+    config = json.loads((out / "config.json").read_text())
+    config["architecture"]["config"]["head"]["hidden_sizes"] = [16, 10**12]
+    rewrite_package(out, config)
+    with pytest.raises(
+        PackageError, match=r"config.json: architecture.config.head.hidden_sizes\[1\]"
+    ):
+        load_pretrained(out)
+
+
+@pytest.mark.parametrize("change", ["shape", "dtype", "extra", "missing"])
+def test_a_weights_header_unlike_the_config_is_refused_by_tensor_before_building(
+    debug_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    from safetensors.torch import load_file
+
+    import cloud.export
+
+    out = save_pretrained(debug_model, ScopeTokenizer(), tmp_path / "pkg")
+    tensors = load_file(str(out / "model.safetensors"))
+    name = "encoder.layers.1.mlp.up.weight"
+    assert name in tensors
+    if change == "shape":  # a wider MLP than config.json says: would be allocated as given
+        tensors[name] = torch.zeros(tensors[name].shape[0] * 4, tensors[name].shape[1])
+    elif change == "dtype":
+        tensors[name] = tensors[name].to(torch.float64)
+    elif change == "extra":
+        name = "encoder.layers.9.mlp.up.weight"
+        tensors[name] = torch.zeros(2, 2)
+    else:
+        del tensors[name]
+    rewrite_package(out, tensors=tensors)
+    # The real model is never built nor the weights read: only the meta-device skeleton.
+    architecture = cloud.export._ARCHITECTURES["CloudForMaskedLM"]
+    devices = []
+
+    def spy(values: dict) -> torch.nn.Module:
+        devices.append(torch.get_default_device().type)
+        return architecture.from_export_config(values)
+
+    monkeypatch.setitem(
+        cloud.export._ARCHITECTURES,
+        "CloudForMaskedLM",
+        cloud.export.Architecture(
+            architecture.name, architecture.cls, architecture.export_config, spy
+        ),
+    )
+    monkeypatch.setattr(cloud.export, "_read_safetensors", None)
+    with pytest.raises(PackageError, match=rf"model.safetensors: .*{re.escape(name)}"):
+        load_pretrained(out)
+    assert devices == ["meta"]
+
+
 def test_version_1_fixture_loads() -> None:
     package = load_pretrained(FIXTURE_V1)
     assert package.format_version == 1 and package.architecture == "CloudForMaskedLM"
