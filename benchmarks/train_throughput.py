@@ -204,6 +204,8 @@ class Recipe:
     """torch.compile the model (dynamic shapes)."""
     deepspeed: bool = False
     """Through the DeepSpeed engine (ZeRO-0) as ``cloud pretrain`` runs."""
+    attention: str = "auto"
+    """``cloud.packed`` attention implementation of the packed stacks."""
 
 
 PADDED = Recipe("ours, padded (before packing)", packed=False, fused_adamw=False)
@@ -238,6 +240,7 @@ def ours_stack(
     torch.manual_seed(0)
     model = CloudForMaskedLM(family(flavour, vocab_size=tokenizer.vocab_size)).to(device)
     model.encoder.compute_padded = not recipe.packed
+    model.encoder.attention_impl = recipe.attention
     kernel = {"fused": True} if recipe.fused_adamw else {"foreach": True}
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01, **kernel)
     forward: Any = torch.compile(model, dynamic=True) if recipe.compile else model
@@ -519,6 +522,11 @@ def main() -> None:
     )
     parser.add_argument("--no-deepspeed", action="store_true", help="skip the DeepSpeed run")
     parser.add_argument("--compile", action="store_true", help="also ours under torch.compile")
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also packed with foreach AdamW, and packed with the SDPA attention core",
+    )
     parser.add_argument("--gemm", type=int, default=2048, help="GEMM probe size (0: none)")
     parser.add_argument("--mfu", action="store_true", help="CUDA: MFU of base and largest")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
@@ -540,6 +548,9 @@ def main() -> None:
     hf_tokenizer = released_tokenizer(data if data.is_dir() else None)
 
     recipes = [PADDED, PACKED]
+    if args.ablations:
+        recipes.append(Recipe("ours, packed, foreach AdamW", fused_adamw=False))
+        recipes.append(Recipe("ours, packed, SDPA attention core", attention="sdpa"))
     if args.compile:
         recipes.append(Recipe("ours, packed, torch.compile", compile=True))
     if not args.no_deepspeed:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cloud.dropout import Dropout
 from cloud.packed import (
     PackedSequences,
     Unpadding,
@@ -154,7 +155,7 @@ class Embeddings(nn.Module):
             nn.Embedding(config.num_segments, config.hidden_size) if config.num_segments else None
         )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def forward(
         self,
@@ -250,7 +251,7 @@ class Block(nn.Module):
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, x: Tensor, key_mask: Tensor | PackedSequences | None) -> Tensor:
         if self.prenorm:
@@ -342,7 +343,7 @@ class CloudModel(nn.Module):
         if cu_seqlens is not None:
             if input_ids.dim() != 1:
                 raise ValueError(f"packed input_ids must be [N], got {tuple(input_ids.shape)}")
-            layout = self._layout(cu_seqlens, max_seqlen, input_ids.device)
+            layout = self._layout(cu_seqlens, max_seqlen, input_ids)
             if position_ids is None:
                 position_ids = positions_in_sequence(layout.cu_seqlens, input_ids.numel())
             return self._encode(input_ids, segment_ids, position_ids, layout), None
@@ -354,13 +355,20 @@ class CloudModel(nn.Module):
         if position_ids is not None:
             positions = unpadding.pack(position_ids)
         segments = None if segment_ids is None else unpadding.pack(segment_ids)
-        layout = self._layout(cu_seqlens_of(lengths), input_ids.shape[1], input_ids.device)
-        return self._encode(unpadding.pack(input_ids), segments, positions, layout), unpadding
+        tokens = unpadding.pack(input_ids)
+        layout = self._layout(cu_seqlens_of(lengths), input_ids.shape[1], tokens)
+        return self._encode(tokens, segments, positions, layout), unpadding
 
     def _layout(
-        self, cu_seqlens: Tensor, max_seqlen: int | None, device: torch.device
+        self, cu_seqlens: Tensor, max_seqlen: int | None, input_ids: Tensor
     ) -> PackedSequences:
-        return pack_layout(cu_seqlens, max_seqlen, self.attention_impl, device_type=device.type)
+        return pack_layout(
+            cu_seqlens,
+            max_seqlen,
+            self.attention_impl,
+            device_type=input_ids.device.type,
+            num_tokens=input_ids.shape[0],
+        )
 
     def _encode(
         self,

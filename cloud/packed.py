@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cloud.dropout import dropout
+
 ATTENTION_IMPLS: tuple[str, ...] = ("auto", "varlen", "sdpa", "math")
 """How attention over packed sequences is computed: ``varlen`` the fused CUDA kernel,
 ``sdpa`` / ``math`` the padded attention core through ``scaled_dot_product_attention`` or
@@ -85,18 +87,28 @@ def positions_in_sequence(cu_seqlens: Tensor, num_tokens: int) -> Tensor:
 
 
 def pack_layout(
-    cu_seqlens: Tensor, max_seqlen: int | None = None, impl: str = "auto", *, device_type: str
+    cu_seqlens: Tensor,
+    max_seqlen: int | None = None,
+    impl: str = "auto",
+    *,
+    device_type: str,
+    num_tokens: int | None = None,
 ) -> PackedSequences:
-    """The ``PackedSequences`` of ``cu_seqlens`` (``max_seqlen`` read off it when None, which
-    costs a device sync on GPUs: loaders pass it)."""
+    """The ``PackedSequences`` of ``cu_seqlens``.
+
+    ``max_seqlen`` and ``num_tokens`` are read off ``cu_seqlens`` when None, which costs a
+    device sync on GPUs (and a graph break under ``torch.compile``): the model passes the
+    token count it knows from its input, and loaders pass the longest length. On CPU the
+    lengths are checked (each at least 1); on GPUs that check would sync every step.
+    """
     cu_seqlens = cu_seqlens.to(torch.int32)
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    if lengths.numel() == 0 or bool((lengths < 1).any()):
+    if device_type == "cpu" and (lengths.numel() == 0 or bool((lengths < 1).any())):
         raise ValueError("packed sequences need at least one sequence, each of length >= 1")
     longest = int(lengths.max()) if max_seqlen is None else int(max_seqlen)
-    num_tokens = int(cu_seqlens[-1])
-    index = sequence_index(cu_seqlens, num_tokens)
-    slots = index * longest + positions_in_sequence(cu_seqlens, num_tokens)
+    tokens = int(cu_seqlens[-1]) if num_tokens is None else num_tokens
+    index = sequence_index(cu_seqlens, tokens)
+    slots = index * longest + positions_in_sequence(cu_seqlens, tokens)
     key_mask = torch.arange(longest, device=cu_seqlens.device)[None, :] < lengths[:, None]
     return PackedSequences(
         cu_seqlens=cu_seqlens,
@@ -132,7 +144,8 @@ def packed_attention(qkv: Tensor, layout: PackedSequences, dropout_p: float = 0.
     """Self-attention of packed sequences: qkv [N, 3, H, hd] → [N, H, hd].
 
     Each token attends to the tokens of its own sequence only. ``varlen`` needs bf16/fp16
-    activations and no dropout; otherwise the padded core below runs, exactly.
+    activations and no attention dropout (the kernel has none); otherwise the padded core
+    below runs, exactly, through SDPA.
     """
     if layout.impl == "varlen" and qkv.dtype in (torch.bfloat16, torch.float16) and not dropout_p:
         from torch.nn.attention.varlen import varlen_attn
@@ -144,6 +157,7 @@ def packed_attention(qkv: Tensor, layout: PackedSequences, dropout_p: float = 0.
 
 
 def _padded_core(qkv: Tensor, layout: PackedSequences, dropout_p: float) -> Tensor:
+    """Scatter q, k, v into [S, H, T_max, hd], attend with the key mask, gather back."""
     sequences, longest = layout.num_sequences, layout.max_seqlen
     _, _, heads, head_dim = qkv.shape
     if layout.uniform:
@@ -153,7 +167,7 @@ def _padded_core(qkv: Tensor, layout: PackedSequences, dropout_p: float) -> Tens
         buffer = _Scatter.apply(qkv, layout.token_slots, sequences * longest)
         key_mask = layout.key_mask
     q, k, v = buffer.view(sequences, longest, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    if layout.impl == "math":
+    if layout.impl == "math" or (layout.impl == "varlen" and qkv.device.type == "cpu"):
         out = _math_attention(q, k, v, key_mask, dropout_p)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
@@ -171,7 +185,7 @@ def _math_attention(
         scores = scores.masked_fill(~key_mask, float("-inf"))
     weights = scores.softmax(dim=-1)
     if dropout_p:
-        weights = F.dropout(weights, p=dropout_p)
+        weights = dropout(weights, dropout_p, training=True)
     return torch.matmul(weights, v)
 
 
