@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
+import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +24,12 @@ if TYPE_CHECKING:
 
 # What torchrun / the deepspeed launcher export; without them we are a single process.
 LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# What train.launcher gives each of its workers: ranks and a file rendezvous, no address.
+INIT_METHOD_ENV = "CLOUD_INIT_METHOD"
+"""Set by ``train.launcher``: the ``file://`` URL its workers rendezvous through."""
+LAUNCHER_PID_ENV = "CLOUD_LAUNCHER_PID"
+"""Set by ``train.launcher``: its process id, so a worker stops when the launcher is gone."""
+WORKER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", INIT_METHOD_ENV)
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -48,14 +58,35 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def loopback_interface() -> str:
+    """The name of this machine's loopback interface: ``lo`` on Linux, ``lo0`` on macOS."""
+    names = {name for _, name in socket.if_nameindex()}
+    return next((name for name in ("lo", "lo0") if name in names), "lo")
+
+
+def bind_loopback(env: MutableMapping[str, str], *, force: bool) -> None:
+    """Make gloo and NCCL bind their sockets to the loopback interface.
+
+    gloo listens on the address the host name resolves to, which is a public one on most
+    machines, even for a 1-process group; NCCL's bootstrap takes the first non-loopback
+    interface. ``force`` overrides what ``env`` already says (a launch on one machine needs
+    nothing else); otherwise a user's choice stands.
+    """
+    interface = loopback_interface()
+    for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        if force:
+            env[name] = interface
+        else:
+            env.setdefault(name, interface)
+
+
 def _set_single_process_env() -> None:
     """Environment of a 1-process group, so DeepSpeed runs without any launcher."""
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    bind_loopback(os.environ, force=False)
 
 
 def select_accelerator() -> None:
@@ -68,14 +99,31 @@ def select_accelerator() -> None:
 
 
 def init_distributed(backend: str = "auto", log_level: str = "warning") -> DistInfo:
-    """Bring up (or reuse) the process group through ``deepspeed.init_distributed``.
+    """Bring up (or reuse) the process group, and DeepSpeed's communication layer over it.
 
-    Under torchrun or the deepspeed launcher the group spans the launched processes; without
-    a launcher a 1-process group is created on a free loopback port. A group that already
-    exists is reused, so ``run_pretraining`` can be called repeatedly in one process.
-    ``backend="auto"`` means nccl on CUDA and gloo on CPU (DeepSpeed's CPU accelerator).
+    Three ways in:
+
+    * a worker of ``train.launcher`` (``CLOUD_INIT_METHOD`` with ``RANK``, ``WORLD_SIZE``,
+      ``LOCAL_RANK``): the group spans the launched processes and rendezvouses through the
+      launcher's file (a FileStore, no socket); gloo/NCCL bind loopback as the launcher set
+      them, so nothing listens beyond 127.0.0.1. The worker stops if the launcher dies.
+    * under torchrun or the deepspeed launcher (``RANK`` ... ``MASTER_PORT``): ``env://``
+      through the launcher's TCPStore, which listens on every interface of the master node:
+      the way for several nodes.
+    * neither: a 1-process group over an in-memory store, gloo bound to loopback unless
+      ``GLOO_SOCKET_IFNAME`` says otherwise.
+
+    A group that already exists is reused (DeepSpeed wraps it rather than creating one), so
+    ``run_pretraining`` can be called repeatedly in one process. ``backend="auto"`` means
+    nccl on CUDA and gloo on CPU (DeepSpeed's CPU accelerator).
     """
-    if not all(name in os.environ for name in LAUNCHER_ENV):
+    launched = INIT_METHOD_ENV in os.environ
+    torchrun = not launched and all(name in os.environ for name in LAUNCHER_ENV)
+    if launched:
+        missing = [name for name in WORKER_ENV if name not in os.environ]
+        if missing:
+            raise RuntimeError(f"incomplete train.launcher environment: {missing} unset")
+    elif not torchrun:
         if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             missing = [name for name in LAUNCHER_ENV if name not in os.environ]
             raise RuntimeError(f"incomplete launcher environment: {missing} unset")
@@ -92,15 +140,63 @@ def init_distributed(backend: str = "auto", log_level: str = "warning") -> DistI
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    dist_backend = None if backend == "auto" else backend
     if not torch.distributed.is_initialized():
-        dist_backend = None if backend == "auto" else backend
-        deepspeed.init_distributed(dist_backend=dist_backend, auto_mpi_discovery=False)
+        if launched:
+            # DeepSpeed's own init (same timeout and CUDA device binding as under torchrun),
+            # given the file rendezvous instead of env://.
+            deepspeed.init_distributed(
+                dist_backend=dist_backend,
+                auto_mpi_discovery=False,
+                init_method=os.environ[INIT_METHOD_ENV],
+                rank=int(os.environ["RANK"]),
+                world_size=int(os.environ["WORLD_SIZE"]),
+            )
+            stop_with_launcher()
+        elif torchrun:
+            deepspeed.init_distributed(dist_backend=dist_backend, auto_mpi_discovery=False)
+        else:
+            _init_single_process_group(dist_backend)
+    # Wraps the group made above (or by an earlier call) when DeepSpeed has not yet.
+    deepspeed.init_distributed(dist_backend=dist_backend, auto_mpi_discovery=False)
     return DistInfo(
         rank=torch.distributed.get_rank(),
         world_size=torch.distributed.get_world_size(),
         local_rank=local_rank,
         device=device,
     )
+
+
+def _init_single_process_group(backend: str | None) -> None:
+    """A 1-process group over a HashStore: env:// would start a TCPStore on every interface."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.constants import default_pg_timeout
+
+    torch.distributed.init_process_group(
+        backend or get_accelerator().communication_backend_name(),
+        store=torch.distributed.HashStore(),
+        rank=0,
+        world_size=1,
+        timeout=default_pg_timeout,
+    )
+
+
+def stop_with_launcher(interval_s: float = 1.0) -> None:
+    """Terminate this worker when the ``train.launcher`` that started it is gone.
+
+    The launcher puts its workers in their own session (so it alone forwards a Ctrl-C); if it
+    is killed outright, nothing else would stop them training on unobserved.
+    """
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if not launcher:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(launcher):
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-launcher", daemon=True).start()
 
 
 def skip_cpu_shm_comm_build() -> None:
