@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 import warnings
@@ -44,7 +43,6 @@ from cloud import CloudConfig, CloudForMaskedLM, count_parameters, family
 from cloud.model import IGNORE_INDEX
 from train import checkpoint as ckpt
 from train.common.batching import is_packed, sequence_lengths
-from train.common.paths import env_with_repository
 from train.common.schedule import lr_factor
 from train.config import apply_overrides, build_config, read_yaml_mapping
 from train.distributed import (
@@ -55,7 +53,6 @@ from train.distributed import (
     broadcast_object,
     build_engine,
     deepspeed_config,
-    free_port,
     init_distributed,
     resolve_precision,
 )
@@ -1084,45 +1081,32 @@ def launch(
     timeout: float | None = None,
     log_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Run ``torchrun -m train.cli pretrain`` in a subprocess and return its ``summary.json``.
+    """Run ``python -m train.cli pretrain`` as ``nproc`` fresh processes on this machine
+    (``train.launcher``: rendezvous through a file, collectives on loopback, nothing listening
+    beyond 127.0.0.1) and return the run's ``summary.json``.
 
-    Each run gets a fresh process (and free loopback port), so nothing leaks between runs of a
-    sweep. Output goes to ``log_path`` (default ``<run_dir>/launch.log``); a failed run raises
-    ``RuntimeError`` with the tail of that log.
+    Each run gets fresh processes, so nothing leaks between runs of a sweep. ``env`` is added
+    to this process's environment for the workers. Every rank's output goes to ``log_path``
+    (default ``<run_dir>/launch.log``); a failed run raises ``RuntimeError`` (a
+    ``train.launcher.WorkerFailed`` when a worker failed) with the tail of that log, a run
+    past ``timeout`` seconds ``subprocess.TimeoutExpired``.
     """
+    from train.launcher import launch_workers, log_tail, pretrain_command
+
     config = load_config(config_path, overrides)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / SUMMARY_FILE
     summary_path.unlink(missing_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        f"--nproc-per-node={nproc}",
-        "--master-addr=127.0.0.1",
-        f"--master-port={free_port()}",
-        "-m",
-        "train.cli",
-        "pretrain",
-        "--config",
-        str(config_path),
-        *overrides,
-        *(["--resume"] if resume else []),
-    ]
-    child_env = env_with_repository({**os.environ, **(env or {})})
-    if not torch.cuda.is_available():
-        child_env.setdefault("DS_ACCELERATOR", "cpu")
+    command = pretrain_command(config_path, overrides, resume=resume)
     log_file = Path(log_path) if log_path else run_dir / "launch.log"
-    with log_file.open("w") as log:
-        result = subprocess.run(
-            command, stdout=log, stderr=subprocess.STDOUT, env=child_env, timeout=timeout
-        )
-    if result.returncode != 0 or not summary_path.is_file():
-        tail = "\n".join(log_file.read_text().splitlines()[-40:])
+    launch_workers(
+        command, nproc=nproc, log_path=log_file, env={**os.environ, **(env or {})}, timeout=timeout
+    )
+    if not summary_path.is_file():
         raise RuntimeError(
-            f"pretraining failed (exit {result.returncode}): {' '.join(command)}\n{tail}"
+            f"pretraining failed: every rank exited 0 but {summary_path} is missing: "
+            f"{' '.join(command)}\n{log_tail(log_file)}"
         )
     return json.loads(summary_path.read_text())
 
