@@ -126,24 +126,24 @@ def _variant_list(text: str) -> tuple[str, ...]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from cluster.corpus import DEFAULT_MEMO_ENTRIES, DEFAULT_UNIT_SIZE, build_corpus
+    from cluster.corpus import CorpusOptions, build_corpus
 
-    manifest = build_corpus(
-        args.sources,
-        args.out,
+    # Flags left unset (None) keep CorpusOptions' defaults, which live in one place.
+    unset_means_default = {"unit_size": args.unit_size, "memo_entries": args.memo_size}
+    options = CorpusOptions(
         shard_size=args.shard_size,
         workers=args.workers,
         ray_address=args.ray_address,
         dedup=args.dedup,
         exclude=args.exclude,
         variants=args.variants,
-        unit_size=args.unit_size or DEFAULT_UNIT_SIZE,
         progress=not args.no_progress,
         symprec=args.symprec,
         engine=args.engine,
-        memo_entries=DEFAULT_MEMO_ENTRIES if args.memo_size is None else args.memo_size,
         force=args.force,
+        **{name: value for name, value in unset_means_default.items() if value is not None},
     )
+    manifest = build_corpus(args.sources, args.out, options)
     return 0 if manifest["num_samples"] > 0 else 1
 
 
