@@ -11,6 +11,7 @@ bash script for ``sbatch``, in one of three shapes chosen by the command:
   continues from its latest checkpoint.
 * corpus builds (``corpus build``): a Ray head on the first node and one Ray worker on each
   other node (srun), a wait until all have joined, then the build with ``--ray-address``.
+  Ray's workers get ports 10002-14999, below every job's head port.
 * anything else: the command once, on the first node.
 
 Every script asks for ``--requeue`` and ``--signal=B:USR1@<seconds>``: Slurm sends USR1 to
@@ -52,6 +53,11 @@ RAY_ADDRESS_FLAG = "--ray-address"
 # ephemeral range (32768+), so outgoing connections never hold it.
 PORT_BASE = 15000
 PORT_SPAN = 15000
+# Ray's workers bind ports from a range that defaults to 10002-19999, which holds a third of
+# the head ports above: `ray start --head --port=15001` then refuses to start (a real Slurm
+# job 1 did). The scripts give Ray workers 10002-14999, disjoint from every job's port.
+RAY_MIN_WORKER_PORT = 10002
+RAY_MAX_WORKER_PORT = PORT_BASE - 1
 DEFAULT_SIGNAL_SECONDS = 120
 RAY_JOIN_TIMEOUT_S = 600
 
@@ -349,11 +355,14 @@ def _torchrun_body(resources: SlurmResources) -> str:
 
 
 def _ray_body(resources: SlurmResources) -> str:
-    resource_flags = ""
+    start_flags = ""
     if resources.cpus_per_task:
-        resource_flags += f" --num-cpus={resources.cpus_per_task}"
+        start_flags += f" --num-cpus={resources.cpus_per_task}"
     if resources.gpus_per_node:
-        resource_flags += f" --num-gpus={resources.gpus_per_node}"
+        start_flags += f" --num-gpus={resources.gpus_per_node}"
+    start_flags += (
+        f" --min-worker-port={RAY_MIN_WORKER_PORT} --max-worker-port={RAY_MAX_WORKER_PORT}"
+    )
     lines = [
         *_allocation(),
         "HEAD_NODE=${NODES[0]}",
@@ -371,14 +380,14 @@ def _ray_body(resources: SlurmResources) -> str:
         "# Ray head on the first node, one Ray worker on each other node; --overlap lets the",
         "# later steps share the nodes these long-running steps hold.",
         'srun --nodes=1 --ntasks=1 --nodelist="$HEAD_NODE" --overlap \\',
-        f'    "$RAY" start --head --node-ip-address="$HEAD_IP" --port="$PORT"{resource_flags} --block &',
+        f'    "$RAY" start --head --node-ip-address="$HEAD_IP" --port="$PORT"{start_flags} --block &',
         "RAY_PIDS+=($!)",
         '"$PYTHON" -m cluster.ray_jobs wait-for-nodes "$RAY_HEAD" 1 '
         f"--timeout {RAY_JOIN_TIMEOUT_S}",
         "if (( NNODES > 1 )); then",
         "    srun --nodes=$(( NNODES - 1 )) --ntasks=$(( NNODES - 1 )) --ntasks-per-node=1 \\",
         '        --exclude="$HEAD_NODE" --overlap \\',
-        f'        "$RAY" start --address="$RAY_HEAD"{resource_flags} --block &',
+        f'        "$RAY" start --address="$RAY_HEAD"{start_flags} --block &',
         "    RAY_PIDS+=($!)",
         "fi",
         '"$PYTHON" -m cluster.ray_jobs wait-for-nodes "$RAY_HEAD" "$NNODES" '
