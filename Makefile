@@ -34,12 +34,20 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # System tools some tests use, from Debian's packages: shellcheck lints the generated Slurm
-# scripts, headless Chromium renders the demo report. Installing needs apt-get as root and a
-# network; elsewhere this only warns, and those tests skip saying why.
+# scripts, headless Chromium renders the demo report, and MUNGE + slurmctld + slurmd +
+# slurm-client run a one-node Slurm on loopback (tests/slurm_cluster.py) for the real
+# submission tests; the tests write their own slurm.conf and MUNGE key and use none of the
+# packages' services. Installing needs apt-get as root and a network; elsewhere this only
+# warns, and those tests skip saying why. The daemons live in /usr/sbin, hence the PATH.
+TOOLS_PACKAGES := shellcheck chromium munge slurmctld slurmd slurm-client
+TOOLS_PROGRAMS := shellcheck chromium munged slurmctld slurmd sbatch
 tools:
-	@command -v shellcheck >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || \
-	{ apt-get update -qq && apt-get install -y -qq shellcheck chromium; } >/dev/null 2>&1 || \
-	echo "make tools: could not install shellcheck/chromium (needs root and network); their tests will be skipped"
+	@export PATH="$$PATH:/usr/sbin:/sbin"; missing=; \
+	for program in $(TOOLS_PROGRAMS); do command -v $$program >/dev/null 2>&1 || missing=1; done; \
+	test -z "$$missing" || \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  $(TOOLS_PACKAGES); } >/dev/null 2>&1 || \
+	echo "make tools: could not install $(TOOLS_PACKAGES) (needs root and network); their tests will be skipped"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
