@@ -132,3 +132,21 @@ def tiny_pretrained(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Pat
     }
     save_pretrained(model.eval(), tokenizer, out, metadata=metadata)
     return out
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real one-node Slurm (munged, slurmctld, slurmd) on 127.0.0.1 for the session, torn
+    down at its end (tests/slurm_cluster.py); skips saying why where the programs are missing
+    or the daemons do not start."""
+    from tests import slurm_cluster as slurm
+
+    reason = slurm.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        cluster = slurm.start_cluster(tmp_path_factory.mktemp("slurm"))
+    except slurm.SlurmStartError as exc:
+        pytest.skip(f"the Slurm daemons did not start here: {exc}")
+    yield cluster
+    cluster.stop()
