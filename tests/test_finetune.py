@@ -20,6 +20,7 @@ from cloud.export import is_package, load_pretrained, save_pretrained
 from cloud.heads import CloudForPropertyPrediction, HeadConfig
 from tokenizer import ScopeTokenizer
 from train import finetune as FT
+from train.finetune.trainer import _fold_rows as fold_rows
 from train.tasks import (
     CLASSIFICATION_METRICS,
     REGRESSION_METRICS,
@@ -513,7 +514,7 @@ def test_cli_finetune_writes_a_run(phonons_cli_run: Path, capsys) -> None:
 def test_predict_matches_the_finetuned_predictions(phonons_cli_run: Path) -> None:
     # The phonons sample through `predict` gives, on fold 0's test rows, exactly what the
     # fine-tuning run recorded (same package, same SCOPE strings, same model).
-    from train.predict import load_predictor, predict_files
+    from train.finetune.predict import load_predictor, predict_files
 
     predictor = load_predictor(phonons_cli_run)  # the run dir: its model/ is used
     buffer = io.StringIO()
@@ -573,7 +574,7 @@ def test_cli_predict_lists_bad_structures(phonons_cli_run: Path, tmp_path: Path,
 
 
 def test_predict_refuses_a_pretrained_package(tiny_pretrained: Path) -> None:
-    from train.predict import load_predictor
+    from train.finetune.predict import load_predictor
 
     with pytest.raises(ValueError, match="not a fine-tuned"):
         load_predictor(tiny_pretrained)
@@ -592,7 +593,7 @@ def test_rows_of_an_excluded_task_are_never_trained_on(tmp_path: Path) -> None:
     tokenizer = ScopeTokenizer()
     encoded = FT.encode_examples(data, tokenizer, 128)
     encoded.blocked = dict(list(blocked.items())[: len(blocked) // 2])
-    rows = FT._fold_rows(data, 0, encoded, config)
+    rows = fold_rows(data, 0, encoded, config)
     assert not set(encoded.blocked) & {*rows.train, *rows.val}
     assert set(encoded.blocked) & set(data.folds[0].train_ids) <= set(rows.excluded)
     assert set(rows.test_usable) == set(data.folds[0].test_ids) & set(encoded.ids)

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from train.predict import load_predictor, predict_files
+    from train.finetune.predict import load_predictor, predict_files
 
     predictor = load_predictor(args.checkpoint, device=args.device)
     if args.out == "-":

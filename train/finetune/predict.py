@@ -127,7 +127,7 @@ def predict_records(
 
 def _prepare(predictor: Predictor, record: Any) -> tuple[Prediction, list[int] | None]:
     from tokenizer import ScopeError
-    from train.tasks import encode_structure
+    from train.finetune.loading import encode_structure
 
     prediction = Prediction(id=record.source_id, source=record.position)
     if record.error is not None or record.structure is None:

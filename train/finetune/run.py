@@ -1,0 +1,218 @@
+"""A whole fine-tuning run: load the package and the task, run the requested folds with
+their side outputs (curves, parity plots, packages), and write results.json.gz,
+summary.json, report.md and config.yaml under ``out``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from train.common.packages import checkpoint_variant
+from train.finetune.config import FinetuneConfig
+from train.finetune.loading import load_task
+from train.finetune.report import REPORT_FILE, _fold_line, parity_plot, render_report
+from train.finetune.results import RESULTS_FILE, SUMMARY_FILE, summarise, write_results
+from train.finetune.tasks import Task, TaskData, get_task
+from train.finetune.trainer import (
+    Encoded,
+    FoldResult,
+    Observer,
+    encode_examples,
+    finetune_fold,
+    torch_threads,
+)
+
+# The name of the module this was before it became a package: log configuration and
+# filters that name it keep working.
+logger = logging.getLogger("train.finetune")
+
+
+# --------------------------------------------------------------------------------- a run
+
+
+@dataclass
+class RunResult:
+    """A whole run: the task, per-fold results and where the outputs are."""
+
+    task: Task
+    folds: list[FoldResult]
+    out: Path
+    load_report: list[str]
+    summary: dict[str, Any]
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """The pretrained export package (``cloud.export.load_pretrained``)."""
+    from cloud.export import load_pretrained
+
+    return load_pretrained(path)
+
+
+def run_finetune(
+    config: FinetuneConfig,
+    *,
+    pretrained: Any = None,
+    data: TaskData | None = None,
+    observer: Observer | None = None,
+    progress: bool = False,
+) -> RunResult:
+    """Fine-tune ``config.checkpoint`` on every requested fold of ``config.task`` and write
+    the outputs to ``config.out``. ``pretrained``/``data`` skip loading them again."""
+    from train.threads import choose_threads
+
+    choice = choose_threads(config.threads)  # once: later folds see this run's own load
+    logger.info(choice.describe())
+    with torch_threads(choice.threads):
+        return _run_finetune(config, pretrained, data, observer, progress)
+
+
+def _run_finetune(
+    config: FinetuneConfig,
+    pretrained: Any,
+    data: TaskData | None,
+    observer: Observer | None,
+    progress: bool,
+) -> RunResult:
+    started, cpu_started = time.perf_counter(), time.process_time()
+    pretrained = pretrained if pretrained is not None else load_checkpoint(config.checkpoint)
+    variant = config.variant or checkpoint_variant(pretrained)
+    task = get_task(config.task)
+    data = data or load_task(
+        task, config.data_root, variant=variant, allow_sample=config.allow_sample
+    )
+    for line in data.report.lines():
+        logger.info(line)
+    max_length = pretrained.model.encoder.config.max_position_embeddings
+    encoded = encode_examples(data, pretrained.tokenizer, max_length)
+    encoded.blocked = blocked_rows(data, config, variant)
+    if encoded.blocked:
+        logger.info(
+            "%d rows kept out of training: their SCOPE string is a structure of %s",
+            len(encoded.blocked),
+            ", ".join(config.exclude_tasks),
+        )
+    fold_indices = config.folds if config.folds is not None else list(range(len(data.folds)))
+    for fold_index in fold_indices:
+        data.fold(fold_index)  # an unknown fold fails now, not after training the others
+    out = Path(config.out or f"runs/finetune/{task.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    results = [
+        _run_fold(data, fold_index, pretrained, encoded, config, variant, out, observer, progress)
+        for fold_index in fold_indices
+    ]
+    if config.save_model == "best" and results:
+        # The fold with the best validation score: chosen without looking at any test fold.
+        best = min(results, key=lambda r: r.best_val)
+        _save_model(best, task, config, pretrained, variant, out / "model")
+    timing = (time.perf_counter() - started, time.process_time() - cpu_started)
+    summary = summarise(task, results, data, config, timing)
+    write_results(out / RESULTS_FILE, task, results, summary, config)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+    (out / REPORT_FILE).write_text(render_report(task, results, data, summary, config))
+    return RunResult(task, results, out, data.report.lines(), summary)
+
+
+def blocked_rows(data: TaskData, config: FinetuneConfig, variant: str) -> dict[str, str]:
+    """Rows of ``data`` whose SCOPE string is a structure of ``config.exclude_tasks``."""
+    blocked: dict[str, str] = {}
+    for name in config.exclude_tasks:
+        other = load_task(name, config.data_root, variant=variant, allow_sample=config.allow_sample)
+        scopes = {e.scope for e in other.examples.values() if e.scope is not None}
+        reason = f"excluded: its SCOPE string is a structure of {name}"
+        for example in data.examples.values():
+            if example.scope in scopes and example.id not in blocked:
+                blocked[example.id] = reason
+    return blocked
+
+
+def _run_fold(
+    data: TaskData,
+    fold_index: int,
+    pretrained: Any,
+    encoded: Encoded,
+    config: FinetuneConfig,
+    variant: str,
+    out: Path,
+    observer: Observer | None,
+    progress: bool,
+) -> FoldResult:
+    """One fold with its side outputs (curves, parity plot, per-fold package)."""
+    task = data.task
+    started, cpu_started = time.perf_counter(), time.process_time()
+    writer = _fold_writer(out, data.fold(fold_index).name, config)
+    try:
+        result = finetune_fold(
+            data,
+            fold_index,
+            pretrained.model,
+            pretrained.tokenizer,
+            config,
+            encoded=encoded,
+            observer=observer,
+            writer=writer,
+        )
+    finally:
+        writer.close()
+    result.parameters["wall_time_s"] = round(time.perf_counter() - started, 2)
+    result.parameters["cpu_time_s"] = round(time.process_time() - cpu_started, 2)
+    if config.plots and task.is_regression:
+        parity_plot(result, task, out / result.fold / "parity.png")
+    if config.save_model == "all":
+        _save_model(result, task, config, pretrained, variant, out / "models" / result.fold)
+    if config.save_model != "best":
+        result.model = None  # saved already, or not wanted: free it
+    if progress:
+        print(_fold_line(task, result), file=sys.stderr, flush=True)
+    return result
+
+
+def _fold_writer(out: Path, fold: str, config: FinetuneConfig) -> Any:
+    from train.metrics import MetricsWriter
+
+    return MetricsWriter(out / fold, tensorboard=config.tensorboard)
+
+
+def _save_model(
+    result: FoldResult,
+    task: Task,
+    config: FinetuneConfig,
+    pretrained: Any,
+    variant: str,
+    path: Path,
+) -> None:
+    """The fine-tuned model as an export package; the pretraining facts are carried over."""
+    from cloud.export import save_pretrained
+
+    if result.model is None:
+        return
+    parent = getattr(pretrained, "metadata", None) or {}
+    metadata = {
+        "finetune": {
+            "task": task.name,
+            "target": task.target,
+            "unit": task.unit,
+            "task_type": task.task_type,
+            "classes": result.parameters.get("classes"),
+            "fold": result.fold,
+            "n_train": result.parameters["n_train"],
+            "best_epoch": result.parameters["best_epoch"],
+            "best_val_score": result.best_val,
+            "test_scores": result.scores,
+            "config": config.to_dict(),
+        },
+        "training": parent.get("training"),
+        "training_data": {**(parent.get("training_data") or {}), "variant": variant},
+        "source": {"pretrained_checkpoint": str(config.checkpoint)},
+    }
+    save_pretrained(
+        result.model, pretrained.tokenizer, path, metadata=metadata, variant=variant, overwrite=True
+    )
