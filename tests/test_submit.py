@@ -193,6 +193,10 @@ if "wait-for-nodes" in args:
         time.sleep(0.05)
 """
 
+# Ray's workers keep below every job's head port (15000-29999): the default range
+# 10002-19999 holds the head port of a third of all jobs and `ray start --head` refuses it.
+RAY_WORKER_PORTS = ["--min-worker-port=10002", "--max-worker-port=14999"]
+
 # Arguments a shell would mangle or execute if they were ever parsed: the recorder must see
 # them byte for byte and no marker file may appear.
 NASTY = [
@@ -567,9 +571,16 @@ def test_corpus_build_script_starts_ray_across_nodes(fake_cluster: FakeCluster) 
         f"--node-ip-address={head_ip}",
         f"--port={master_port(job_id)}",
         "--num-cpus=4",
+        *RAY_WORKER_PORTS,
         "--block",
     ]
-    assert rays["node-b"] == ["start", f"--address={head}", "--num-cpus=4", "--block"]
+    assert rays["node-b"] == [
+        "start",
+        f"--address={head}",
+        "--num-cpus=4",
+        *RAY_WORKER_PORTS,
+        "--block",
+    ]
     waits = [
         json.loads(line) for line in (fake_cluster.record / "python.log").read_text().splitlines()
     ]
