@@ -243,3 +243,70 @@ def test_packed_and_padded_stream_states_do_not_mix(shards, tokenizer) -> None:
         stream(shards, tokenizer).load_state_dict(stream(shards, tokenizer, **PACKED).state_dict())
     with pytest.raises(ValueError, match="must hold the longest string"):
         stream(shards, tokenizer, tokens_per_batch=64, max_length=128)
+
+
+def take(stream_: CorpusStream, count: int) -> tuple[list, dict]:
+    """The first ``count`` batches of a stream and its state after them (as a checkpoint
+    stores it)."""
+    head = list(itertools.islice(iter(stream_), count))
+    return head, json.loads(json.dumps(stream_.state_dict()))
+
+
+def layout(shards, tokenizer, world_size: int, **options) -> list[CorpusStream]:
+    return [
+        stream(shards, tokenizer, rank=rank, world_size=world_size, drop_last=False, **options)
+        for rank in range(world_size)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "options"),
+    [
+        ((2, 0), (1, 0), {}),
+        ((1, 2), (2, 0), {}),
+        ((2, 0), (3, 2), PACKED),
+    ],
+)
+def test_an_elastic_resume_sees_every_sample_of_the_epoch_exactly_once(
+    shards, tokenizer, old: tuple[int, int], new: tuple[int, int], options: dict
+) -> None:
+    (old_world, old_workers), (new_world, new_workers) = old, new
+    seen: Counter = Counter()
+    states = []
+    old_streams = layout(shards, tokenizer, old_world, num_workers=old_workers, **options)
+    for index, old_stream in enumerate(old_streams):
+        head, state = take(old_stream, 5 + 3 * index)
+        seen.update(sequences(head))
+        states.append(state)
+    for new_stream in layout(shards, tokenizer, new_world, num_workers=new_workers, **options):
+        new_stream.load_resharded_states(states)
+        seen.update(sequences(new_stream))
+    assert seen == stored_sequences(shards)
+
+
+def test_a_resharded_stream_resumes_exactly_and_reshards_again(shards, tokenizer) -> None:
+    states = [take(s, 4)[1] for s in layout(shards, tokenizer, 2)]
+    first = stream(shards, tokenizer, drop_last=False)
+    first.load_resharded_states(states)
+    uninterrupted = stream(shards, tokenizer, drop_last=False)
+    uninterrupted.load_resharded_states(states)
+    expected = list(uninterrupted)
+    head, state = take(first, 6)
+    assert "remainder" in state
+    same = stream(shards, tokenizer, drop_last=False)
+    same.load_state_dict(state)
+    assert_same_batches(head + list(same), expected)
+    # Interrupted again inside the dealt remainder, now onto three ranks.
+    seen = Counter(sequences(head))
+    for rank_stream in layout(shards, tokenizer, 3):
+        rank_stream.load_resharded_states([state])
+        seen.update(sequences(rank_stream))
+    assert seen == Counter(sequences(expected))
+
+
+def test_resharding_refuses_another_stream_or_missing_ranks(shards, tokenizer) -> None:
+    states = [take(s, 2)[1] for s in layout(shards, tokenizer, 2)]
+    with pytest.raises(ValueError, match="not one whole run's ranks"):
+        stream(shards, tokenizer, drop_last=False).load_resharded_states(states[:1])
+    with pytest.raises(ValueError, match="differs in: batch_size"):
+        stream(shards, tokenizer, drop_last=False, batch_size=8).load_resharded_states(states)

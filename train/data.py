@@ -13,6 +13,8 @@ where it is: a restored stream makes each reader skip the batches it had already
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import os
 import random
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
 
 Batch = dict[str, torch.Tensor]
 STATE_VERSION = 1
+_IDS_KEY = "__cloud_ids__"
+LAYOUT_KEYS = ("rank", "world_size", "readers")
+"""Stream settings that may change on an elastic resume (``load_resharded_states``)."""
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -77,8 +82,14 @@ class _Reader:
         random.Random(self.seed + epoch).shuffle(order)
         return order[self.rank :: self.world_size][reader :: self.readers]
 
-    def batches(self, epoch: int, reader: int, skip: int) -> Iterator[Batch]:
-        """This reader's batches of one epoch, the first ``skip`` of them left out undecoded."""
+    def with_layout(self, rank: int, world_size: int, readers: int) -> _Reader:
+        """This reader as it was (or will be) under another rank layout."""
+        other = copy.copy(self)
+        other.rank, other.world_size, other.readers = rank, world_size, readers
+        return other
+
+    def samples(self, epoch: int, reader: int) -> Iterator[dict[str, Any]]:
+        """This reader's samples of one epoch, in order (undecoded)."""
         # str seeds are hashed with SHA-512: the same in every process, unlike hash().
         rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{reader}")
         stages: list[Any] = [
@@ -87,41 +98,48 @@ class _Reader:
         ]
         if self.shuffle_buffer > 1:
             stages.append(wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng))
-        samples = wds.DataPipeline(*stages)
-        if self.tokens_per_batch:
-            for index, sequences in enumerate(self.token_budget_chunks(samples)):
-                if index >= skip:
-                    yield self.collate_packed(sequences)
-            return
-        chunk: list[dict[str, Any]] = []
-        for sample in samples:
-            chunk.append(sample)
-            if len(chunk) < self.batch_size:
-                continue
-            if skip:
-                skip -= 1
-            else:
-                yield self.collate(chunk)
-            chunk = []
-        if chunk and not self.drop_last and not skip:
-            yield self.collate(chunk)
+        return iter(wds.DataPipeline(*stages))
 
-    def token_budget_chunks(self, samples: Iterator[dict[str, Any]]) -> Iterator[list[list[int]]]:
-        """The samples' token ids in consecutive groups of at most ``tokens_per_batch``
-        tokens: a string that would overflow the budget opens the next group, so the order
-        is kept and a batch wastes less than one string's worth of its budget."""
-        budget = self.tokens_per_batch or 0
-        chunk: list[list[int]] = []
+    def chunks(
+        self, samples: Iterator[dict[str, Any]], keep_partial: bool = False
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The samples cut into batches: ``batch_size`` at a time, or with
+        ``tokens_per_batch`` consecutive groups of at most that many tokens (a string that
+        would overflow the budget opens the next group, so the order is kept and a batch
+        wastes less than one string's worth of its budget). The last, partial batch comes
+        too unless ``drop_last`` (``keep_partial`` keeps it regardless)."""
+        budget = self.tokens_per_batch
+        chunk: list[dict[str, Any]] = []
         used = 0
         for sample in samples:
-            ids = self.token_ids(sample)
-            if chunk and used + len(ids) > budget:
+            if budget:
+                size = len(self.token_ids(sample))
+                if chunk and used + size > budget:
+                    yield chunk
+                    chunk, used = [], 0
+                used += size
+            chunk.append(sample)
+            if not budget and len(chunk) == self.batch_size:
                 yield chunk
-                chunk, used = [], 0
-            chunk.append(ids)
-            used += len(ids)
-        if chunk and not self.drop_last:
+                chunk = []
+        if chunk and (keep_partial or not self.drop_last):
             yield chunk
+
+    def batches(self, epoch: int, reader: int, skip: int) -> Iterator[Batch]:
+        """This reader's batches of one epoch, the first ``skip`` of them left out (not
+        collated; padded batches not even decoded)."""
+        yield from self.batches_of(self.samples(epoch, reader), skip)
+
+    def batches_of(self, samples: Iterator[dict[str, Any]], skip: int) -> Iterator[Batch]:
+        for index, chunk in enumerate(self.chunks(samples)):
+            if index >= skip:
+                yield self.collate_packed(chunk) if self.tokens_per_batch else self.collate(chunk)
+
+    def rest_after(self, samples: Iterator[dict[str, Any]], consumed: int) -> Iterator[dict]:
+        """The samples left after the first ``consumed`` batches (the partial one included)."""
+        for index, chunk in enumerate(self.chunks(samples, keep_partial=True)):
+            if index >= consumed:
+                yield from chunk
 
     def collate(self, samples: list[dict[str, Any]]) -> Batch:
         encoded = self.tokenizer.pad([self.token_ids(s) for s in samples])
@@ -131,8 +149,8 @@ class _Reader:
             "segment_ids": torch.from_numpy(encoded.segment_ids),
         }
 
-    def collate_packed(self, sequences: list[list[int]]) -> Batch:
-        packed = self.tokenizer.pack(sequences)
+    def collate_packed(self, samples: list[dict[str, Any]]) -> Batch:
+        packed = self.tokenizer.pack([self.token_ids(s) for s in samples])
         return {
             "input_ids": torch.from_numpy(packed.input_ids),
             "segment_ids": torch.from_numpy(packed.segment_ids),
@@ -141,7 +159,15 @@ class _Reader:
         }
 
     def token_ids(self, sample: dict[str, Any]) -> list[int]:
-        """Stored ids when the shard's tokenizer is ours, else the SCOPE string re-tokenised."""
+        """Stored ids when the shard's tokenizer is ours, else the SCOPE string re-tokenised
+        (kept on the sample: packing reads them once to cut and once to collate)."""
+        cached = sample.get(_IDS_KEY)
+        if cached is not None:
+            return cached
+        sample[_IDS_KEY] = ids = self._decode_ids(sample)
+        return ids
+
+    def _decode_ids(self, sample: dict[str, Any]) -> list[int]:
         data = json.loads(sample["json"])
         ids = None
         if self.stored_ids_usable(sample["__url__"]):
@@ -264,6 +290,7 @@ class CorpusStream:
         self.drop_last = drop_last
         self.tokens_per_batch = tokens_per_batch
         self._reader = _Reader(self)
+        self._remainder: dict[str, Any] | None = None
         self._start_epoch(0)
 
     # ------------------------------------------------------------------ position
@@ -288,6 +315,7 @@ class CorpusStream:
             "live": list(self._live),
             "turn": self._turn,
             "config": self._config(),
+            **({"remainder": copy.deepcopy(self._remainder)} if self._remainder else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -305,6 +333,73 @@ class CorpusStream:
         self._reader_batches = [int(n) for n in state["reader_batches"]]
         self._live = [int(r) for r in state["live"]]
         self._turn = int(state["turn"])
+        self._remainder = copy.deepcopy(state.get("remainder"))
+
+    def load_resharded_states(self, states: Sequence[dict[str, Any]]) -> None:
+        """Continue from the states of *every* rank of a stream saved with another layout
+        (number of ranks or dataloader workers), as an elastic resume needs.
+
+        The rest of each old rank's epoch (the samples its readers had not delivered) is
+        dealt anew, sample by sample: taking the old ranks in order, this rank gets every
+        ``world_size``-th remaining sample from its ``rank``-th on, batched as usual (in this
+        process, whatever ``num_workers``). Then epochs go on with this layout. Over all new
+        ranks, every sample of the interrupted epoch that no old rank had delivered is seen
+        exactly once. A rank that was an epoch behind the others has the rest of that epoch
+        and the whole of the next dealt too, so no epoch is cut short.
+        """
+        if not states:
+            raise ValueError("load_resharded_states needs the state of every old rank")
+        for state in states:
+            if state.get("version") != STATE_VERSION:
+                raise ValueError(f"unsupported CorpusStream state version {state.get('version')}")
+            self._check_same_stream(state["config"])
+        world = {int(state["config"]["world_size"]) for state in states}
+        ranks = sorted(int(state["config"]["rank"]) for state in states)
+        if len(world) != 1 or ranks != list(range(world.pop())):
+            raise ValueError(f"the states of ranks {ranks} are not one whole run's ranks")
+        ordered = sorted(states, key=lambda state: int(state["config"]["rank"]))
+        target = max(_next_epoch(state) for state in ordered)
+        sources: list[dict[str, Any]] = []
+        for state in ordered:
+            sources.append(copy.deepcopy(state))
+            # Whole epochs a lagging rank has not started yet, so that none is cut short.
+            for epoch in range(_next_epoch(state), target):
+                sources.append(_fresh_epoch(state, epoch))
+        self._start_epoch(target)
+        self._remainder = {"sources": sources, "delivered": 0}
+
+    def _check_same_stream(self, saved: dict[str, Any]) -> None:
+        mine = self._config()
+        different = sorted(
+            k for k in {*mine, *saved} if k not in LAYOUT_KEYS and saved.get(k) != mine.get(k)
+        )
+        if different:
+            raise ValueError(
+                "CorpusStream state was saved with another configuration "
+                f"(differs in: {', '.join(different)}); only the number of ranks and workers "
+                "may change on resume"
+            )
+
+    def _rest(self, state: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The samples the stream that saved ``state`` had not yet delivered in its epoch
+        (or in the remainder it was dealing)."""
+        config = state["config"]
+        reader = self._reader.with_layout(
+            int(config["rank"]), int(config["world_size"]), int(config["readers"])
+        )
+        remainder = state.get("remainder")
+        if remainder:
+            pool = self._pool(remainder["sources"], reader.rank, reader.world_size)
+            yield from reader.rest_after(pool, int(remainder["delivered"]))
+            return
+        for index, consumed in enumerate(state["reader_batches"]):
+            yield from reader.rest_after(reader.samples(int(state["epoch"]), index), consumed)
+
+    def _pool(
+        self, sources: list[dict[str, Any]], rank: int, world_size: int
+    ) -> Iterator[dict[str, Any]]:
+        remaining = itertools.chain.from_iterable(self._rest(source) for source in sources)
+        return itertools.islice(remaining, rank, None, world_size)
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -327,6 +422,12 @@ class CorpusStream:
     # ------------------------------------------------------------------ iteration
 
     def __iter__(self) -> Iterator[Batch]:
+        if self._remainder is not None:
+            pool = self._pool(self._remainder["sources"], self.rank, self.world_size)
+            for batch in self._reader.batches_of(pool, skip=self._remainder["delivered"]):
+                self._remainder["delivered"] += 1
+                yield batch
+            self._remainder = None
         while self.epochs is None or self._epoch < self.epochs:
             yielded = False
             for batch in self._epoch_batches():
@@ -370,3 +471,17 @@ class CorpusStream:
         if self.num_workers == 0:
             return iter(dataset)
         return iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers))
+
+
+def _next_epoch(state: dict[str, Any]) -> int:
+    """The first epoch the stream that saved ``state`` had not started."""
+    return int(state["epoch"]) if state.get("remainder") else int(state["epoch"]) + 1
+
+
+def _fresh_epoch(state: dict[str, Any], epoch: int) -> dict[str, Any]:
+    """``state``'s stream at the start of ``epoch`` (nothing delivered)."""
+    fresh = {k: copy.deepcopy(v) for k, v in state.items() if k != "remainder"}
+    readers = int(state["config"]["readers"])
+    fresh.update(epoch=epoch, batches=0, reader_batches=[0] * readers, live=list(range(readers)))
+    fresh["turn"] = 0
+    return fresh
