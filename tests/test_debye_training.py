@@ -23,6 +23,9 @@ from cloud.export import load_pretrained, save_pretrained
 from tokenizer import ScopeTokenizer
 from train import debye as D
 from train.cli import build_parser
+from train.debye import methods as debye_methods
+from train.debye import training as debye_training
+from train.debye.data import _drop_rows
 
 REPO = Path(__file__).resolve().parents[1]
 NO_ROOT = "/nonexistent/cloud-data-root"  # forces the shipped sample
@@ -442,7 +445,7 @@ def test_predictions_csv_names_its_units_and_gives_u_in_kj_per_mol_like_the_repo
 
 def _small_run_data(petretto_sample: D.ThermalData, count: int = 60) -> D.ThermalData:
     left_out = len(petretto_sample) - count
-    return D._drop_rows(petretto_sample, np.arange(count), "a small test run", left_out)
+    return _drop_rows(petretto_sample, np.arange(count), "a small test run", left_out)
 
 
 def _debug_pretrained() -> SimpleNamespace:
@@ -543,7 +546,9 @@ def test_a_stopped_run_leaves_partial_results_and_its_rerun_resumes_to_the_same_
         if args[-1] == "cloud-debye-single":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(D, "save_fit_state", stop_after_first_epoch_of_single)
+    # ``fit`` (train.debye.training) saves its state; ``train_cloud_debye`` and
+    # ``train_direct_cv300`` (train.debye.methods) call ``fit``: each is patched where it is used.
+    monkeypatch.setattr(debye_training, "save_fit_state", stop_after_first_epoch_of_single)
     with pytest.raises(KeyboardInterrupt):
         D.run_debye(_small_run_config(out), pretrained=pretrained, data=data)
     monkeypatch.undo()
@@ -569,7 +574,7 @@ def test_a_stopped_run_leaves_partial_results_and_its_rerun_resumes_to_the_same_
         fitted.append(str(kwargs["label"]))
         return fit(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(D, "fit", recording_fit)
+    monkeypatch.setattr(debye_methods, "fit", recording_fit)
     with caplog.at_level(logging.INFO, logger="train.debye"):
         resumed = D.run_debye(_small_run_config(out), pretrained=pretrained, data=data)
     assert fitted == ["cloud-debye-single", "direct-cv300"]  # CLOUD-DEBYE was read back

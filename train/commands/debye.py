@@ -26,7 +26,7 @@ import argparse
 import sys
 
 from train.commands.arguments import add_overrides
-from train.debye_options import (
+from train.debye.options import (
     COMPARE_METHODS,
     PROTOCOLS,
     SOURCES,
