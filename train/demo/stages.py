@@ -1,19 +1,6 @@
-"""`cloud demo`: the whole system on the real data shipped in data/, one stage after another.
-
-Stages (each a normal `cloud` command in a subprocess, its log kept under the run folder):
-
-1. corpus    — Ray shards the shipped corpus sample into WebDataset tars, excluding the
-               fine-tuning test fold so pretraining never sees it;
-2. pretrain  — DeepSpeed ZeRO-2 masked-LM pretraining, two processes over gloo;
-3. export    — the checkpoint consolidated into a self-describing package;
-4. scaling   — a 3 × 3 sweep of tiny models and data sizes, the scaling-law fit;
-5. finetune  — Matbench dielectric, fold 0, from the exported package;
-6. debye     — CLOUD-DEBYE heat capacities on the Petretto phonon sample;
-7. report    — report.md and a self-contained report.html.
-
-A stage that finished writes ``<out>/<stage>/stage.json``; re-running the demo reuses it.
-``--fresh`` starts over. ``--quick`` runs the same stages at the smallest sizes (for tests).
-"""
+"""The stages of `cloud demo`: each a normal `cloud` command in a subprocess (its log kept
+under the run folder), its result in ``<out>/<stage>/stage.json``; ``run_demo`` runs them in
+order and reuses the stages a previous run finished."""
 
 from __future__ import annotations
 
@@ -214,7 +201,7 @@ class Demo:
         return {"run": str(directory / "run")}
 
     def report(self, directory: Path) -> dict[str, Any]:
-        from train.demo_report import write_demo_report
+        from train.demo.report import write_demo_report
 
         paths = write_demo_report(self.out, {k: v.__dict__ for k, v in self.results.items()})
         return {k: str(v) for k, v in paths.items()}
