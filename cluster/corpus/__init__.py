@@ -11,6 +11,8 @@ The package, in the order data goes through it:
 - ``encode`` (worker side): a unit's records → samples as tar members, or quarantine reasons;
 - ``memo``: the ``SymmetryMemo`` actor that lets repeated cells share one symmetry search;
 - ``tasks`` (Ray plumbing): the runtime, the work plan, tasks whose results come in unit order;
+- ``watchdog``: deadlines for running tasks; one past its deadline is cancelled and bisected
+  down to the structure whose symmetry search hangs, which is quarantined;
 - ``writer`` (driver side): dedup, exclusion, shards, quarantine, counts, the resume state;
 - ``files``: append-only files resumable at a committed length, the directory lock;
 - ``build``: ``build_corpus``, which puts them together.
@@ -28,9 +30,11 @@ from __future__ import annotations
 from cluster.corpus.build import QUARANTINE_SHOWN, build_corpus
 from cluster.corpus.encode import (
     KILL_ONCE_ENV,
+    STALL_ENV,
     Encoded,
     EncodeOptions,
     Failed,
+    Faults,
     dedup_key,
     encode_record,
     encode_unit,
@@ -43,6 +47,7 @@ from cluster.corpus.files import INDEX_NAME, PARTIAL_SUFFIX, STATE_DIR, STATE_NA
 from cluster.corpus.memo import DEFAULT_MEMO_ENTRIES, SymmetryMemo
 from cluster.corpus.options import DEFAULT_SHARD_SIZE, DEFAULT_UNIT_SIZE, CorpusOptions
 from cluster.corpus.tasks import MAX_RETRIES, ray_runtime
+from cluster.corpus.watchdog import DEFAULT_UNIT_TIMEOUT_S, TIMEOUT_FACTOR
 from cluster.corpus.writer import CHECKPOINT_SECONDS, CorpusWriter
 from cluster.ray_env import LOOPBACK_ENV  # re-exported: its old home
 
@@ -55,19 +60,23 @@ __all__ = [
     "DEFAULT_MEMO_ENTRIES",
     "DEFAULT_SHARD_SIZE",
     "DEFAULT_UNIT_SIZE",
+    "DEFAULT_UNIT_TIMEOUT_S",
     "INDEX_NAME",
     "KILL_ONCE_ENV",
     "LOOPBACK_ENV",
     "MAX_RETRIES",
     "PARTIAL_SUFFIX",
     "QUARANTINE_SHOWN",
+    "STALL_ENV",
     "STATE_DIR",
     "STATE_NAME",
+    "TIMEOUT_FACTOR",
     "CorpusOptions",
     "CorpusWriter",
     "EncodeOptions",
     "Encoded",
     "Failed",
+    "Faults",
     "SymmetryMemo",
     "TarAppender",
     "build_corpus",

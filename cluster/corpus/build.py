@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster.corpus.encode import KILL_ONCE_ENV, EncodeOptions
+from cluster.corpus.encode import EncodeOptions, Faults
 from cluster.corpus.files import STATE_DIR
 from cluster.corpus.memo import start_memo, stop_memo
 from cluster.corpus.options import CorpusOptions
 from cluster.corpus.tasks import encode_exclusion, ordered_results, plan_work, ray_runtime
+from cluster.corpus.watchdog import Watchdog
 from cluster.corpus.writer import CorpusWriter, differences
 from cluster.manifest import (
     FORMAT_VERSION,
@@ -74,6 +75,7 @@ def build_corpus(
     out.mkdir(parents=True, exist_ok=True)
     with ray_runtime(options.ray_address, options.workers) as concurrency:
         memo = start_memo(options.memo_entries)
+        watchdog = Watchdog(options.unit_timeout_s) if options.unit_timeout_s else None
         exclusion = None
         if exclude_files:
             exclusion_options = EncodeOptions(
@@ -86,7 +88,7 @@ def build_corpus(
                 options.engine,
             )
             exclusion = encode_exclusion(
-                exclude_files, exclusion_options, concurrency, options.unit_size, memo
+                exclude_files, exclusion_options, concurrency, options.unit_size, memo, watchdog
             )
         units = plan_work(files, options.unit_size)
         plan = {"units": len(units), "items": sum(u.n_items for u in units)}
@@ -102,10 +104,10 @@ def build_corpus(
         )
         done_items = sum(u.n_items for u in units[: writer.next_unit])
         bar = _progress_bar(options.progress, plan["items"], done_items)
-        kill_once = os.environ.get(KILL_ONCE_ENV) or None
+        faults = Faults.from_environ()  # None but in tests
         try:
             for index, entries in ordered_results(
-                units, writer.next_unit, encode_options, concurrency, kill_once, memo
+                units, writer.next_unit, encode_options, concurrency, faults, memo, watchdog
             ):
                 writer.consume(index, entries)
                 bar.update(units[index].n_items)
@@ -121,6 +123,8 @@ def build_corpus(
             }
         manifest = writer.finish(settings["sources"], exclusion_summary)
         saved = stop_memo(memo)
+        if watchdog is not None:
+            watchdog.close()
     if options.progress:
         elapsed = time.perf_counter() - started
         rate = (plan["items"] - done_items) / elapsed if elapsed > 0 else 0.0

@@ -11,6 +11,8 @@ import json
 import math
 import os
 import tarfile
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
 
 # Test-only fault injection: a path; the first task to create it (O_EXCL) dies mid-unit.
 KILL_ONCE_ENV = "CLOUD_CORPUS_TEST_KILL_ONCE"
+# Test-only fault injection: a source_id whose symmetry search "never ends" (the task sleeps
+# STALL_SECONDS instead), for the watchdog's tests.
+STALL_ENV = "CLOUD_CORPUS_TEST_STALL"
+STALL_SECONDS = 3600.0
 
 _TAR_BLOCK = tarfile.BLOCKSIZE
 
@@ -48,6 +54,24 @@ class EncodeOptions:
     symprec: float = DEFAULT_SYMPREC
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE
     engine: str = "spglib"  # symmetry search; "moyo" only for canonical-only corpora
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Test hooks, off in production: the driver builds one only when the variables
+    ``KILL_ONCE_ENV`` or ``STALL_ENV`` are set in its environment, and hands it to every task
+    (a Ray worker's own environment is not the test's)."""
+
+    kill_once: str | None = None
+    """A path: the first task to create it dies abruptly after encoding a record."""
+    stall: str | None = None
+    """A source_id: its symmetry search sleeps ``STALL_SECONDS`` instead of running."""
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Faults | None:
+        """The hooks the environment asks for, or None (the production case)."""
+        faults = cls(environ.get(KILL_ONCE_ENV) or None, environ.get(STALL_ENV) or None)
+        return faults if faults != cls() else None
 
 
 class Encoded(NamedTuple):
@@ -100,7 +124,7 @@ def dedup_key(canonical: str, formula: str) -> int:
 def encode_unit(
     unit: WorkUnit,
     options: EncodeOptions,
-    kill_once: str | None = None,
+    faults: Faults | None = None,
     memo: Any = None,
 ) -> list[Encoded | Failed]:
     """Read one work unit and encode each record (runs in a Ray task).
@@ -110,7 +134,17 @@ def encode_unit(
     """
     from cluster.readers import read_unit
 
-    records = list(read_unit(unit))
+    return encode_records(list(read_unit(unit)), options, faults, memo)
+
+
+def encode_records(
+    records: Sequence[Record],
+    options: EncodeOptions,
+    faults: Faults | None = None,
+    memo: Any = None,
+) -> list[Encoded | Failed]:
+    """Encode ``records`` (all or part of one unit), one result each, in order; ``memo`` as
+    in ``encode_unit``."""
     cells = [_cell(record) for record in records]
     keys = [_fingerprint(cell, options) for cell in cells]
     packed = memo_lookup(memo, [k for k in keys if k is not None])
@@ -119,9 +153,9 @@ def encode_unit(
     for record, cell, key in zip(records, cells, keys, strict=True):
         if key in packed and key not in known and not isinstance(cell, Failed):
             known[key] = Symmetry.unpack(packed[key], cell, options.engine)
-        results.append(_encode_cell(record, cell, key, options, known))
-        if kill_once:
-            _die_once(kill_once)
+        results.append(_encode_cell(record, cell, key, options, known, faults))
+        if faults is not None and faults.kill_once:
+            _die_once(faults.kill_once)
     memo_store(memo, {k: v.pack() for k, v in known.items() if k not in packed})
     return results
 
@@ -163,6 +197,7 @@ def _encode_cell(
     fingerprint: bytes | None,
     options: EncodeOptions,
     known: dict[bytes, Symmetry],
+    faults: Faults | None = None,
 ) -> Encoded | Failed:
     """A record whose cell has been taken → its sample; ``known`` holds analyses by
     fingerprint, and gains this one."""
@@ -176,6 +211,8 @@ def _encode_cell(
     try:
         symmetry = known.get(fingerprint)
         if symmetry is None:
+            if faults is not None and faults.stall == record.source_id:
+                time.sleep(STALL_SECONDS)  # a search that does not end, for the watchdog
             symmetry = analyze_cell(cell, options.symprec, options.angle_tolerance, options.engine)
             known[fingerprint] = symmetry
         texts = {v: format_variant(symmetry, v) for v in wanted}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.corpus.memo import DEFAULT_MEMO_ENTRIES
+from cluster.corpus.watchdog import DEFAULT_UNIT_TIMEOUT_S
 from cluster.manifest import DEDUP_MODES
 from tokenizer.scope import (
     DEFAULT_ANGLE_TOLERANCE,
@@ -31,8 +32,8 @@ class CorpusOptions:
     The fields that shape the output (``shard_size``, ``dedup``, ``exclude``, ``variants``,
     ``unit_size``, ``symprec``, ``angle_tolerance``, ``engine``) are recorded in the manifest's
     settings, and a resumed or repeated build must give the same ones; the others (``workers``,
-    ``ray_address``, ``progress``, ``memo_entries``, ``force``) change how it runs, not what
-    it writes. ``variants`` is kept as a tuple without repeats, ``exclude`` as a tuple.
+    ``ray_address``, ``progress``, ``memo_entries``, ``force``, ``unit_timeout_s``) change how it runs, not what
+    it writes (``unit_timeout_s`` only for searches that hang). ``variants`` is kept as a tuple without repeats, ``exclude`` as a tuple.
     """
 
     shard_size: int = DEFAULT_SHARD_SIZE
@@ -72,6 +73,12 @@ class CorpusOptions:
     """Replace a build with other inputs or settings found in the output directory: the files
     a build writes there (shards, quarantine, manifest, resume state) are removed first; other
     files stay."""
+    unit_timeout_s: float | None = DEFAULT_UNIT_TIMEOUT_S
+    """The watchdog's floor: a piece of a work unit encoding for longer than
+    max(``unit_timeout_s``, ``TIMEOUT_FACTOR`` × its expected time at the rate measured so far)
+    is cancelled and bisected, and a single structure past it is quarantined as "symmetry
+    search timed out after N s" (``cluster.corpus.watchdog``). None: no watchdog. Like
+    ``workers``, not a recorded setting: it only decides what happens to searches that hang."""
 
     def __post_init__(self) -> None:
         for name in ("shard_size", "unit_size", "workers"):  # workers may be None
@@ -95,6 +102,10 @@ class CorpusOptions:
                 f"engine {self.engine!r} cannot write the {', '.join(bound)} variant(s): they "
                 "reproduce the released strings, which need spglib; use --variants canonical "
                 "or --engine spglib"
+            )
+        if self.unit_timeout_s is not None and not self.unit_timeout_s > 0:
+            raise ValueError(
+                f"unit_timeout_s must be positive (or None: no watchdog), got {self.unit_timeout_s}"
             )
         # Frozen: the normalised values go in as the constructor would have set them.
         object.__setattr__(self, "variants", variants)

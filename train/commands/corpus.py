@@ -91,6 +91,15 @@ def _register_build(actions: argparse._SubParsersAction) -> None:
         "default 1,000,000); changes speed, never output",
     )
     build.add_argument(
+        "--unit-timeout",
+        type=_non_negative_float,
+        default=None,
+        metavar="S",
+        help="watchdog: a task encoding for longer than max(S, 10x its expected time) is "
+        "cancelled and bisected down to the structure whose symmetry search hangs, which is "
+        "quarantined (default 60; 0: no watchdog)",
+    )
+    build.add_argument(
         "--force",
         action="store_true",
         help="start --out afresh: delete the shards, quarantine and manifest of an earlier build",
@@ -115,6 +124,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _variant_list(text: str) -> tuple[str, ...]:
     variants = tuple(v.strip() for v in text.split(",") if v.strip())
     unknown = [v for v in variants if v not in ("cloud", "canonical", "full")]
@@ -129,7 +145,14 @@ def run_build(args: argparse.Namespace) -> int:
     from cluster.corpus import CorpusOptions, build_corpus
 
     # Flags left unset (None) keep CorpusOptions' defaults, which live in one place.
-    unset_means_default = {"unit_size": args.unit_size, "memo_entries": args.memo_size}
+    flags = {
+        "unit_size": args.unit_size,
+        "memo_entries": args.memo_size,
+        "unit_timeout_s": args.unit_timeout,
+    }
+    given = {name: value for name, value in flags.items() if value is not None}
+    if given.get("unit_timeout_s") == 0:
+        given["unit_timeout_s"] = None  # --unit-timeout 0: no watchdog
     options = CorpusOptions(
         shard_size=args.shard_size,
         workers=args.workers,
@@ -141,7 +164,7 @@ def run_build(args: argparse.Namespace) -> int:
         symprec=args.symprec,
         engine=args.engine,
         force=args.force,
-        **{name: value for name, value in unset_means_default.items() if value is not None},
+        **given,
     )
     manifest = build_corpus(args.sources, args.out, options)
     return 0 if manifest["num_samples"] > 0 else 1
