@@ -13,6 +13,8 @@ Layout of a checkpoint directory (``<run_dir>/checkpoints`` by default)::
         zero_pp_rank_R_mp_rank_00_optim_states.pt   # DeepSpeed: ZeRO partitions (stage >= 1)
         rank_state_0000R.pt       # ours: data-stream position and RNG states of rank R
                                   #   (tensors and plain containers only, see below)
+        elastic_state.safetensors # ours (ZeRO 1-3): whole fp32 weights and Adam moments, so
+                                  #   the run resumes on another world size (train.elastic)
         config.json tokenizer.json pretrain_config.json   # copies, so a tag is self-contained
         trainer_state.json        # step, tokens seen, world size (human-readable)
 
@@ -177,6 +179,7 @@ def save_checkpoint(
     rank_state: dict[str, Any],
     metadata: Mapping[str, str],
     keep_last: int | None = None,
+    elastic_state: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save and atomically publish the checkpoint of ``step``; every rank must call it.
 
@@ -184,7 +187,8 @@ def save_checkpoint(
     ``rank_state`` is per rank (data position, RNG: tensors and plain containers; an ``rng``
     entry from ``rng_state`` is stored with ``storable_rng_state``) and goes to
     ``rank_state_<rank>.pt``; ``metadata`` maps file names (config.json...) to text written
-    beside the checkpoint. Returns the published directory.
+    beside the checkpoint; ``elastic_state`` (``train.elastic.gather_elastic_state``, the same
+    on every rank) is written once by rank 0. Returns the published directory.
     """
     root = Path(checkpoint_dir)
     staging = root / STAGING
@@ -198,6 +202,10 @@ def save_checkpoint(
         files = {**metadata, "trainer_state.json": json.dumps(trainer_state, indent=1)}
         for name, text in files.items():
             (staging / tag / name).write_text(text)
+        if elastic_state is not None:
+            from train.elastic import write_elastic_state
+
+            write_elastic_state(elastic_state, staging / tag)
     barrier()  # every rank's files are in place before the rename
     final = root / tag
     if rank == 0:
@@ -256,24 +264,48 @@ def load_checkpoint(
     tag = tag or read_latest(checkpoint_dir)
     if tag is None:
         raise FileNotFoundError(f"no checkpoint in {checkpoint_dir} (no '{LATEST}' file)")
-    rank_file = Path(checkpoint_dir) / tag / f"rank_state_{rank:05d}.pt"
-    if not rank_file.is_file():
-        raise FileNotFoundError(f"{rank_file} missing: was {tag} saved by a smaller job?")
-    rank_state = safe_torch_load(rank_file, LEGACY_RANK_STATE_GLOBALS)
-    if not isinstance(rank_state, dict):
-        raise CheckpointFileError(f"{rank_file}: not a rank state (a {type(rank_state).__name__})")
+    rank_state = read_rank_state(Path(checkpoint_dir) / tag, rank)
     if rank_state.get("world_size") != world_size:
         raise ValueError(
             f"checkpoint {tag} was saved by {rank_state.get('world_size')} processes; resuming "
-            f"with {world_size} would replay or skip data. Resume with the same world size."
+            f"with {world_size} needs the elastic path (train.pretrain resumes through it)"
         )
+    return tag, load_engine_states(engine, checkpoint_dir, tag), rank_state
+
+
+def load_engine_states(engine: Any, checkpoint_dir: str | os.PathLike, tag: str) -> dict[str, Any]:
+    """DeepSpeed's model, optimizer and scheduler states of ``tag`` into ``engine`` (read
+    under ``weights_only_torch_load``); returns the client state."""
     with weights_only_torch_load():
         load_path, client_state = engine.load_checkpoint(
             str(checkpoint_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {tag} from {checkpoint_dir}")
-    return tag, dict(client_state or {}), rank_state
+    return dict(client_state or {})
+
+
+def read_rank_state(tag_dir: Path, rank: int) -> dict[str, Any]:
+    """Rank ``rank``'s ``rank_state_*.pt`` of a checkpoint tag, read without running code."""
+    rank_file = tag_dir / f"rank_state_{rank:05d}.pt"
+    if not rank_file.is_file():
+        raise FileNotFoundError(f"{rank_file} missing: was {tag_dir.name} saved by a smaller job?")
+    rank_state = safe_torch_load(rank_file, LEGACY_RANK_STATE_GLOBALS)
+    if not isinstance(rank_state, dict):
+        raise CheckpointFileError(f"{rank_file}: not a rank state (a {type(rank_state).__name__})")
+    return rank_state
+
+
+def read_trainer_state(tag_dir: Path) -> dict[str, Any]:
+    """``trainer_state.json`` of a checkpoint tag: step, world size and the JSON counters."""
+    path = tag_dir / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointFileError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("world_size"), int):
+        raise CheckpointFileError(f"{path}: no world_size (not a trainer state)")
+    return state
 
 
 def safe_torch_load(

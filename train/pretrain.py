@@ -14,7 +14,8 @@ Determinism: model init uses ``train.seed`` on every rank (identical replicas); 
 uses a per-rank stream; MLM masking draws from a generator seeded by (seed, step, rank,
 micro-step), validation masking from (seed, batch index). Checkpoints hold the data-stream
 position and every RNG state per rank, so a resumed run reproduces the uninterrupted run's
-losses exactly (same world size, same hardware).
+losses exactly (same world size, same hardware); on another world size (``train.elastic``)
+the model, optimizer and counters are restored exactly and the rest of the epoch is dealt anew.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from train.distributed import (
     init_distributed,
     resolve_precision,
 )
+from train.elastic import gather_elastic_state, read_elastic_state, restore_elastic_state
 from train.masking import VALIDATION_STREAM, MaskingConfig, MLMMasker, make_generator, mask_seed
 from train.metrics import MetricsWriter, device_peak_flops, mfu, peak_memory_bytes
 
@@ -171,6 +173,10 @@ class CheckpointSection:
     """Checkpoint directory; default ``<run_dir>/checkpoints``."""
     save_final: bool = True
     """Checkpoint at the last step (and at ``stop_at_step``)."""
+    elastic: bool = True
+    """Also save every parameter's whole fp32 weight and Adam moments (ZeRO 1-3), so that the
+    run can resume on another number of processes (``train.elastic``); costs a gather of
+    three copies of the parameters at each save."""
 
 
 @dataclass
@@ -896,6 +902,7 @@ class Trainer:
             "data": self.train_stream.state_dict(),
             "rng": ckpt.rng_state(),
         }
+        elastic = gather_elastic_state(self.engine) if self.config.checkpoint.elastic else None
         return ckpt.save_checkpoint(
             self.engine,
             self.checkpoint_dir,
@@ -906,6 +913,7 @@ class Trainer:
             rank_state=rank_state,
             metadata=self.metadata_files(),
             keep_last=self.config.checkpoint.keep_last or None,
+            elastic_state=elastic,
         )
 
     def load(self) -> None:
@@ -917,7 +925,12 @@ class Trainer:
                     "--resume: no checkpoint in %s, starting afresh", self.checkpoint_dir
                 )
             return
-        self._check_resumable(Path(self.checkpoint_dir) / tag)
+        tag_dir = Path(self.checkpoint_dir) / tag
+        self._check_resumable(tag_dir)
+        saved_world = ckpt.read_trainer_state(tag_dir)["world_size"]
+        if saved_world != self.dist.world_size:
+            self.load_elastic(tag_dir, saved_world)
+            return
         tag, client_state, rank_state = ckpt.load_checkpoint(
             self.engine,
             self.checkpoint_dir,
@@ -925,6 +938,44 @@ class Trainer:
             world_size=self.dist.world_size,
             tag=tag,
         )
+        self._restore_counters(client_state)
+        self.train_stream.load_state_dict(rank_state["data"])
+        self._train_iter = None
+        ckpt.set_rng_state(rank_state["rng"])
+        if self.dist.is_main:
+            logger.info("resumed from %s at step %d", tag, self.progress.step)
+
+    def load_elastic(self, tag_dir: Path, saved_world: int) -> None:
+        """Resume a checkpoint saved by ``saved_world`` processes on this world size: model
+        and optimizer from the whole tensors of ``train.elastic`` (ZeRO 1-3) or DeepSpeed's
+        own whole state (ZeRO-0), the data stream re-dealt from every old rank's position."""
+        client_state = ckpt.read_trainer_state(tag_dir)
+        if self.config.system.zero_stage == 0:
+            ckpt.load_engine_states(self.engine, self.checkpoint_dir, tag_dir.name)
+        else:
+            restore_elastic_state(
+                self.engine,
+                read_elastic_state(tag_dir),
+                step=int(client_state["step"]),
+                zero_lr_step=self._zero_lr_step,
+            )
+        self._restore_counters(client_state)
+        old_states = [ckpt.read_rank_state(tag_dir, rank) for rank in range(saved_world)]
+        self.train_stream.load_resharded_states([state["data"] for state in old_states])
+        self._train_iter = None
+        if self.dist.rank < saved_world:
+            ckpt.set_rng_state(old_states[self.dist.rank]["rng"])
+        if self.dist.is_main:
+            logger.info(
+                "resumed from %s at step %d on %d process(es) (saved by %d): model and optimizer "
+                "re-sharded, the rest of the epoch dealt anew",
+                tag_dir.name,
+                self.progress.step,
+                self.dist.world_size,
+                saved_world,
+            )
+
+    def _restore_counters(self, client_state: Mapping[str, Any]) -> None:
         fields = {f.name for f in dataclasses.fields(Progress)}
         self.progress = Progress(**{k: v for k, v in client_state.items() if k in fields})
         if client_state.get("first_val_loss") is not None:
@@ -932,11 +983,21 @@ class Trainer:
                 "val/loss": client_state["first_val_loss"],
                 "val/accuracy": client_state["first_val_accuracy"],
             }
-        self.train_stream.load_state_dict(rank_state["data"])
-        self._train_iter = None
-        ckpt.set_rng_state(rank_state["rng"])
-        if self.dist.is_main:
-            logger.info("resumed from %s at step %d", tag, self.progress.step)
+
+    def _zero_lr_step(self) -> None:
+        """One optimizer step at learning rate 0 on zero gradients (creates AdamW's state
+        tensors without moving a weight; ``train.elastic`` then overwrites them)."""
+        groups = self.optimizer.param_groups
+        rates = [group["lr"] for group in groups]
+        for group in groups:
+            group["lr"] = 0.0
+        self.engine.eval()
+        output = self.engine(**model_inputs(self.val_batches[0], self.dist.device))
+        self.engine.backward(output.loss * 0.0)
+        self.engine.step()
+        self.engine.train()
+        for group, rate in zip(groups, rates, strict=True):
+            group["lr"] = rate
 
     def _check_resumable(self, tag_dir: Path) -> None:
         saved = json.loads((tag_dir / "config.json").read_text())
