@@ -50,9 +50,28 @@ DEFAULT_ANGLE_TOLERANCE = 5.0
 
 _FRACTION = re.compile(r"^(0\.\d{1,2}|1\.0|0\.0)$")
 
+# What a physical crystal can be. The shortest bond known, H-H in H2, is 0.74 Å, so two
+# atoms (or an atom and its own periodic image) nearer than MIN_DISTANCE mean a broken cell,
+# not chemistry; MAX_AXIS is ten times the longest axes of protein crystals, a hundred times
+# those of inorganic ones.
+MIN_DISTANCE = 0.5  # Å
+MAX_AXIS = 1e4  # Å
+# Spheres MIN_DISTANCE apart pack at most this densely (fcc): below it some pair must be
+# nearer, which is how a cell too dense to search pair by pair is refused at once.
+_MIN_VOLUME_PER_SITE = MIN_DISTANCE**3 / math.sqrt(2)
+# Pair-image distances the closest-approach search may cost on a cell already known to be
+# impossible (its shortest lattice vector or its density) before it names that cause instead.
+_SEARCH_BUDGET = 2_000_000
+_CHUNK_ELEMENTS = 1 << 16
+
 
 class ScopeError(ValueError):
     """A structure that cannot be encoded, or a string that is not valid SCOPE."""
+
+
+class ImpossibleStructureError(ScopeError):
+    """A structure no crystal can have: atoms closer than ``MIN_DISTANCE`` (periodic images
+    included), an axis longer than ``MAX_AXIS``, a cell of zero volume, non-finite numbers."""
 
 
 @dataclass(frozen=True)
@@ -332,7 +351,9 @@ def cell_of(structure: Structure) -> Cell:
     """The structure's lattice, fractional coordinates, atomic numbers and elements, validated.
 
     Raises ``ScopeError`` for what no SCOPE string can describe: no sites, partial occupancy,
-    a species that is not an element, non-finite numbers, a singular lattice.
+    a species that is not an element; ``ImpossibleStructureError`` (a ``ScopeError``) for what
+    no crystal can be (``check_physical``): non-finite numbers, an axis longer than
+    ``MAX_AXIS``, a singular lattice, atoms nearer than ``MIN_DISTANCE``.
 
     One pass over the sites: pymatgen's ``site.specie`` and ``structure.is_ordered`` each
     re-check the occupancy of every site, which costs as much as a third of spglib's search.
@@ -356,11 +377,154 @@ def cell_of(structure: Structure) -> Cell:
         numbers.append(number)
     lattice = np.asarray(structure.lattice.matrix, dtype=float)
     frac = np.asarray(structure.frac_coords, dtype=float)
-    if not (np.isfinite(lattice).all() and np.isfinite(frac).all()):
-        raise ScopeError("lattice or coordinates contain NaN or infinity")
-    if abs(np.linalg.det(lattice)) < 1e-8:
-        raise ScopeError("lattice is singular (zero cell volume)")
+    check_physical(lattice, frac)
     return Cell(lattice, frac, numbers, tuple(elements))
+
+
+def check_physical(lattice: np.ndarray, frac: np.ndarray) -> None:
+    """Raise ``ImpossibleStructureError`` naming the first reason the cell cannot be a crystal.
+
+    In this order: NaN or infinity in the lattice or in a site's coordinates; a lattice
+    vector longer than ``MAX_AXIS``; a singular lattice (zero volume); two sites, or a site
+    and its own periodic image, nearer than ``MIN_DISTANCE``. ``lattice`` has the lattice
+    vectors as rows (Å), ``frac`` the fractional coordinates of the sites.
+    """
+    if not np.isfinite(lattice).all():
+        raise ImpossibleStructureError("lattice contains NaN or infinity")
+    if not np.isfinite(frac).all():
+        site = int(np.flatnonzero(~np.isfinite(frac).all(axis=1))[0])
+        raise ImpossibleStructureError(f"coordinates contain NaN or infinity (site {site})")
+    # Nine numbers: plain floats are several times faster than numpy's 3 x 3 routines, and
+    # math.hypot measures a 1e300 Å axis where squaring it would overflow.
+    rows = lattice.tolist()
+    for axis, row in zip("abc", rows, strict=True):
+        length = math.hypot(*row)
+        if length > MAX_AXIS:
+            raise ImpossibleStructureError(
+                f"lattice vector {axis} is {length:.3g} Å long (maximum {MAX_AXIS:g} Å)"
+            )
+    normals = [_cross(rows[1], rows[2]), _cross(rows[2], rows[0]), _cross(rows[0], rows[1])]
+    volume = abs(sum(x * y for x, y in zip(rows[0], normals[0], strict=True)))
+    if volume < 1e-8:
+        raise ImpossibleStructureError("lattice is singular (zero cell volume)")
+    # Lattice planes k are volume / |normal_k| apart.
+    reach = [math.floor(0.5 + MIN_DISTANCE * math.hypot(*n) / volume) for n in normals]
+    closest = _closest_approach(lattice, frac, volume, reach)
+    if closest is not None:
+        raise ImpossibleStructureError(closest)
+
+
+def _cross(u: list[float], v: list[float]) -> tuple[float, float, float]:
+    return (u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0])
+
+
+def _closest_approach(
+    lattice: np.ndarray, frac: np.ndarray, volume: float, reach: list[int]
+) -> str | None:
+    """Why the cell has atoms nearer than ``MIN_DISTANCE``, or None when it has none.
+
+    Every pair of sites and every site with its own images is searched, exactly: in a basis
+    whose lattice planes are ``h_k`` apart, a vector shorter than ``r`` spans at most
+    ``r / h_k`` cells along axis k, so after wrapping a difference of fractional coordinates
+    into [-½, ½] the image offsets ``|m_k| <= ½ + r / h_k`` (``reach``) hold every
+    candidate: only the minimum image when all planes are more than 2r apart, as in nearly
+    every real cell.
+    """
+    n_sites = len(frac)
+    basis = lattice
+    if math.prod(2 * k + 1 for k in reach) > 27:  # skewed: search a shorter basis instead
+        basis = _size_reduced(lattice)
+        inverse = np.linalg.inv(basis)  # its columns are the reciprocal vectors, 1 / h_k long
+        reach = np.floor(0.5 + MIN_DISTANCE * np.sqrt((inverse**2).sum(axis=0))).tolist()
+    shortest = math.inf
+    offsets = _MINIMUM_IMAGE
+    if any(reach):
+        offsets = np.stack(
+            np.meshgrid(*(np.arange(-k, k + 1) for k in map(int, reach)), indexing="ij"), axis=-1
+        ).reshape(-1, 3)
+        images = offsets[np.any(offsets != 0, axis=1)] @ basis
+        shortest = math.sqrt(float(np.einsum("ij,ij->i", images, images).min()))
+    if n_sites * n_sites * len(offsets) > _SEARCH_BUDGET:
+        # Only a cell already known to be impossible is refused without the pair search.
+        per_site = volume / n_sites
+        if shortest >= MIN_DISTANCE and per_site < _MIN_VOLUME_PER_SITE:
+            return (
+                f"{per_site:.3g} Å³ per atom, denser than atoms {MIN_DISTANCE:g} Å apart can "
+                f"pack (minimum {_MIN_VOLUME_PER_SITE:.3g} Å³)"
+            )
+        if shortest < MIN_DISTANCE:
+            return _image_reason(shortest)
+    in_basis = frac if basis is lattice else frac @ lattice @ np.linalg.inv(basis)
+    pair = _closest_pair(in_basis, basis, offsets)
+    if pair is not None and pair[0] < min(shortest, MIN_DISTANCE):
+        distance, i, j = pair
+        return f"atoms {distance:.3g} Å apart (sites {i} and {j}; minimum {MIN_DISTANCE:g} Å)"
+    return _image_reason(shortest) if shortest < MIN_DISTANCE else None
+
+
+def _image_reason(distance: float) -> str:
+    return (
+        f"atoms {distance:.3g} Å apart (a site and its periodic image; minimum {MIN_DISTANCE:g} Å)"
+    )
+
+
+_MINIMUM_IMAGE = np.zeros((1, 3), dtype=int)
+
+
+def _size_reduced(basis: np.ndarray) -> np.ndarray:
+    """The same lattice in a basis of shorter, more orthogonal vectors (pairwise Gauss
+    reduction: each vector loses the nearest integer multiple of each other one)."""
+    reduced = basis.copy()
+    for _ in range(100):  # each step shortens a vector; a tie (|μ| = ½) can repeat, hence a cap
+        changed = False
+        for i in range(3):
+            for j in range(3):
+                if i == j:
+                    continue
+                k = round(float(reduced[i] @ reduced[j]) / float(reduced[j] @ reduced[j]))
+                if k:
+                    reduced[i] -= k * reduced[j]
+                    changed = True
+        if not changed:
+            break
+    return reduced
+
+
+def _closest_pair(
+    frac: np.ndarray, basis: np.ndarray, offsets: np.ndarray
+) -> tuple[float, int, int] | None:
+    """The nearest two distinct sites over the image ``offsets``: (distance, i, j), i < j.
+
+    Rows of the distance matrix are taken in blocks of about ``_CHUNK_ELEMENTS`` distances;
+    once a block holds a pair nearer than ``MIN_DISTANCE`` the search stops there, so for a
+    structure of more than a few hundred sites the pair named is the nearest of the blocks
+    read, not necessarily of the whole cell."""
+    n_sites = len(frac)
+    if n_sites < 2:
+        return None
+    wrapped = frac - np.floor(frac)
+    best: tuple[float, int, int] | None = None
+    rows = max(1, _CHUNK_ELEMENTS // (n_sites * len(offsets)))
+    for start in range(0, n_sites, rows):
+        stop = min(start + rows, n_sites)
+        # Rows start..stop-1 against every site; the matrix is symmetric, so i > j is harmless.
+        delta = wrapped[None, :, :] - wrapped[start:stop, None, :]
+        delta -= np.rint(delta)
+        if len(offsets) == 1:
+            vectors = delta @ basis
+            squared = np.einsum("ijk,ijk->ij", vectors, vectors)
+        else:
+            vectors = (delta[:, :, None, :] + offsets) @ basis
+            squared = np.einsum("ijlk,ijlk->ijl", vectors, vectors).min(axis=-1)
+        squared.reshape(-1)[start :: n_sites + 1] = np.inf  # (r, start + r): a site itself
+        row, column = divmod(int(np.argmin(squared)), n_sites)
+        distance = math.sqrt(float(squared[row, column]))
+        if best is None or distance < best[0]:
+            i, j = sorted((start + row, column))
+            best = (distance, i, j)
+        if best[0] < MIN_DISTANCE:  # the cell is refused: the rest of a big one can wait
+            break
+    return best
 
 
 def _fractional_composition(elements: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
