@@ -35,7 +35,6 @@ from cloud.packed import (
     cu_seqlens_of,
     pack_layout,
     packed_attention,
-    positions_in_sequence,
     sequence_index,
     unpad,
 )
@@ -345,7 +344,7 @@ class CloudModel(nn.Module):
                 raise ValueError(f"packed input_ids must be [N], got {tuple(input_ids.shape)}")
             layout = self._layout(cu_seqlens, max_seqlen, input_ids)
             if position_ids is None:
-                position_ids = positions_in_sequence(layout.cu_seqlens, input_ids.numel())
+                position_ids = layout.token_position
             return self._encode(input_ids, segment_ids, position_ids, layout), None
         if attention_mask is None or self.compute_padded or bool(attention_mask.all()):
             mask = None if attention_mask is None or not self.compute_padded else attention_mask
