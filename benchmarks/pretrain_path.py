@@ -1,7 +1,7 @@
 """The real pretraining path, padded against packed: ``cloud pretrain`` runs side by side.
 
     python benchmarks/pretrain_path.py --corpus runs/corpus-full [--config configs/pretrain/tiny.yaml]
-        [--steps 60] [--rounds 2] [--tokens-per-batch 2240] [--json FILE]
+        [--steps 60] [--rounds 2] [--tokens-per-batch 2240] [--json FILE] [KEY=VALUE ...]
 
 Runs the same pretraining (one process, one thread, as the CPU sweep runs it) in three
 layouts, interleaved for ``--rounds`` rounds so that a noisy machine slows them alike:
@@ -70,6 +70,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tokens-per-batch", type=int, default=2240)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="KEY=VALUE config overrides for every run, e.g. data.shuffle_buffer=20000",
+    )
     args = parser.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     best: dict[str, dict] = {}
@@ -78,7 +83,9 @@ def main() -> None:
             for index, (name, extra) in enumerate(LAYOUTS.items()):
                 extra = [e.format(tokens=args.tokens_per_batch) for e in extra]
                 run_dir = Path(scratch) / f"r{round_index}-{index}"
-                summary = run_layout(args.config, args.corpus, run_dir, args.steps, extra)
+                summary = run_layout(
+                    args.config, args.corpus, run_dir, args.steps, [*args.overrides, *extra]
+                )
                 print(
                     f"round {round_index + 1} {name:34s} {summary['tokens_per_s']:9,.0f} tok/s"
                     f"  padding {summary['padding_fraction']:.1%}",
@@ -90,6 +97,7 @@ def main() -> None:
     print(
         f"\npretraining path, {date.today()}, {platform.machine()}, {args.config.name}, "
         f"{args.steps} steps × {args.rounds} rounds, corpus {args.corpus}"
+        + (f", {' '.join(args.overrides)}" if args.overrides else "")
     )
     rows = []
     for name, summary in best.items():
