@@ -551,6 +551,11 @@ class Progress:
     when padded batches are computed padded (``system.padded_compute``)."""
 
 
+def empty_interval() -> dict[str, float]:
+    """Per-rank counters of one logging interval, before any step."""
+    return {"loss": 0.0, "steps": 0, "tokens": 0, "sequences": 0, "sq": 0.0, "positions": 0}
+
+
 class Trainer:
     """DeepSpeed MLM trainer: small stateful steps, driven by :meth:`fit`."""
 
@@ -571,14 +576,7 @@ class Trainer:
         self.progress = Progress()
         self.run_dir = Path(config.run_dir)
         self.checkpoint_dir = config.checkpoint_dir
-        self._pending = {
-            "loss": 0.0,
-            "steps": 0,
-            "tokens": 0,
-            "sequences": 0,
-            "sq": 0.0,
-            "positions": 0,
-        }
+        self._pending = empty_interval()
         self._pending_loss = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         self._interval_time = 0.0
         self.last_val: dict[str, float] = {}
@@ -804,14 +802,7 @@ class Trainer:
         self.progress.positions += int(positions)
         self.progress.flops += flops
         self.progress.train_time_s += interval_time
-        self._pending = {
-            "loss": 0.0,
-            "steps": 0,
-            "tokens": 0,
-            "sequences": 0,
-            "sq": 0.0,
-            "positions": 0,
-        }
+        self._pending = empty_interval()
         self._pending_loss.zero_()
         self._interval_time = 0.0
         world = self.dist.world_size
