@@ -247,13 +247,13 @@ def test_an_oversized_config_is_refused_by_key_before_anything_is_built(
 ) -> None:
     import time
 
-    import cloud.export
+    import cloud.export.load
 
     out = save_pretrained(debug_model, ScopeTokenizer(), tmp_path / "pkg")
     config = json.loads((out / "config.json").read_text())
     config["architecture"]["config"]["cloud_config"][key] = value
     rewrite_package(out, config)
-    monkeypatch.setattr(cloud.export, "expected_tensors", None)  # never reached: not callable
+    monkeypatch.setattr(cloud.export.load, "expected_tensors", None)  # never reached: not callable
     started = time.perf_counter()
     with pytest.raises(
         PackageError, match=rf"config.json: architecture.config.cloud_config.{key} "
@@ -278,11 +278,12 @@ def test_a_config_within_each_limit_but_too_many_parameters_is_refused(
 def test_an_oversized_json_file_is_refused_before_it_is_parsed(
     debug_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cloud.export
+    import cloud.export.limits
 
     out = save_pretrained(debug_model, ScopeTokenizer(), tmp_path / "pkg")
     size = (out / "config.json").stat().st_size
-    monkeypatch.setattr(cloud.export, "MAX_JSON_BYTES", size - 1)  # as a 64 MiB file would be
+    # as a 64 MiB file would be:
+    monkeypatch.setattr(cloud.export.limits, "MAX_JSON_BYTES", size - 1)
     with pytest.raises(PackageError, match=rf"config.json: {size:,} bytes, more than"):
         load_pretrained(out)
 
@@ -307,7 +308,8 @@ def test_a_weights_header_unlike_the_config_is_refused_by_tensor_before_building
 ) -> None:
     from safetensors.torch import load_file
 
-    import cloud.export
+    import cloud.export.load
+    import cloud.export.registry
 
     out = save_pretrained(debug_model, ScopeTokenizer(), tmp_path / "pkg")
     tensors = load_file(str(out / "model.safetensors"))
@@ -324,7 +326,7 @@ def test_a_weights_header_unlike_the_config_is_refused_by_tensor_before_building
         del tensors[name]
     rewrite_package(out, tensors=tensors)
     # The real model is never built nor the weights read: only the meta-device skeleton.
-    architecture = cloud.export._ARCHITECTURES["CloudForMaskedLM"]
+    architecture = cloud.export.registry._ARCHITECTURES["CloudForMaskedLM"]
     devices = []
 
     def spy(values: dict) -> torch.nn.Module:
@@ -332,13 +334,13 @@ def test_a_weights_header_unlike_the_config_is_refused_by_tensor_before_building
         return architecture.from_export_config(values)
 
     monkeypatch.setitem(
-        cloud.export._ARCHITECTURES,
+        cloud.export.registry._ARCHITECTURES,
         "CloudForMaskedLM",
-        cloud.export.Architecture(
+        cloud.export.registry.Architecture(
             architecture.name, architecture.cls, architecture.export_config, spy
         ),
     )
-    monkeypatch.setattr(cloud.export, "_read_safetensors", None)
+    monkeypatch.setattr(cloud.export.load, "_read_safetensors", None)
     with pytest.raises(PackageError, match=rf"model.safetensors: .*{re.escape(name)}"):
         load_pretrained(out)
     assert devices == ["meta"]
