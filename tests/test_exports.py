@@ -11,7 +11,7 @@ import pytest
 from train.common.exports import lazy_exports
 from train.common.paths import REPO, env_with_repository
 
-PACKAGES = ("train.finetune", "train.debye", "train.demo")
+PACKAGES = ("train.finetune", "train.debye", "train.demo", "train.pretrain")
 
 
 @pytest.mark.parametrize("package", PACKAGES)
