@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud.debye_head import DebyeHeadConfig
+from train.common.ranges import optimiser_checks, out_of_range, positive
 from train.config import build_config, load_layered_config
 from train.debye.options import (
     COMPARE_METHODS,
@@ -157,6 +158,12 @@ class DebyeTrainConfig:
             problems.append("u_reference_k must be > 0 and u_weight >= 0")
         if self.max_materials is not None and self.max_materials < 10:
             problems.append("max_materials must be >= 10 (train, val and test need some)")
+        problems += out_of_range(
+            [
+                *optimiser_checks(self),
+                ("aflow_max_rows", self.aflow_max_rows, positive, ">= 1 or null"),
+            ]
+        )
         if problems:
             raise ValueError("invalid debye config: " + "; ".join(problems))
         # Malformed grids fail here, before any data is read.

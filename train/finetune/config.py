@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud.heads import HeadConfig
+from train.common.ranges import optimiser_checks, out_of_range, positive
 from train.config import build_config, load_layered_config
 from train.finetune.tasks import Task
 
@@ -130,8 +131,6 @@ class FinetuneConfig:
             problems.append(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0 <= self.freeze_encoder_epochs <= self.epochs:
             problems.append("freeze_encoder_epochs must be in [0, epochs]")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.save_model not in ("best", "all", "none"):
             problems.append(f"save_model must be best, all or none, got {self.save_model!r}")
         if self.patience < 0:
@@ -141,6 +140,12 @@ class FinetuneConfig:
             problems.append(f"unknown baselines {unknown}; valid: {list(BASELINES)}")
         if self.ensemble < 1:
             problems.append(f"ensemble must be >= 1, got {self.ensemble}")
+        problems += out_of_range(
+            [
+                *optimiser_checks(self),
+                ("max_train_rows", self.max_train_rows, positive, ">= 1 or null"),
+            ]
+        )
         if problems:
             raise ValueError("invalid finetune config: " + "; ".join(problems))
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from cloud import CloudConfig, family
+from train.common.ranges import Check, below_one, fraction, non_negative, out_of_range, positive
 from train.config import apply_overrides, build_config, read_yaml_mapping
 from train.masking import MaskingConfig
 
@@ -173,22 +174,6 @@ def _long_enough(value: int) -> bool:
     return value >= MIN_MAX_LENGTH
 
 
-def _non_negative(value: float) -> bool:
-    return value >= 0
-
-
-def _positive(value: float) -> bool:
-    return value > 0
-
-
-def _fraction(value: float) -> bool:
-    return 0 <= value <= 1
-
-
-def _decay(value: float) -> bool:
-    return 0 <= value < 1
-
-
 @dataclass
 class PretrainConfig:
     """Everything a pre-training run needs; loaded from YAML by :func:`load_config`."""
@@ -220,15 +205,11 @@ class PretrainConfig:
             problems.append(f"system.precision must be auto, bf16 or fp32: {self.system.precision}")
         if self.system.attention_backend not in ATTENTION_BACKENDS:
             problems.append(f"system.attention_backend must be one of {ATTENTION_BACKENDS}")
-        problems += [
-            f"{name} must be {rule}, got {value}"
-            for name, value, valid, rule in self._ranges()
-            if value is not None and not valid(value)
-        ]
+        problems += out_of_range(self._ranges())
         if problems:
             raise ValueError("invalid pretrain config: " + "; ".join(problems))
 
-    def _ranges(self) -> list[tuple[str, Any, Any, str]]:
+    def _ranges(self) -> list[Check]:
         """(key, value, predicate, rule) for every numeric setting with a valid range."""
         d, o, t, c = self.data, self.optim, self.train, self.checkpoint
         return [
@@ -239,23 +220,23 @@ class PretrainConfig:
                 lambda n: n >= d.max_length,
                 f">= data.max_length ({d.max_length}) or null",
             ),
-            ("data.val_shards", d.val_shards, _non_negative, ">= 0"),
-            ("data.eval_batches", d.eval_batches, _non_negative, ">= 0 (0: all)"),
-            ("data.num_workers", d.num_workers, _non_negative, ">= 0"),
-            ("data.shuffle_buffer", d.shuffle_buffer, _non_negative, ">= 0"),
-            ("optim.lr", o.lr, _positive, "> 0"),
-            ("optim.min_lr_ratio", o.min_lr_ratio, _fraction, "in [0, 1]"),
-            ("optim.warmup_steps", o.warmup_steps, _non_negative, ">= 0"),
-            ("optim.weight_decay", o.weight_decay, _non_negative, ">= 0"),
-            ("optim.beta1", o.beta1, _decay, "in [0, 1)"),
-            ("optim.beta2", o.beta2, _decay, "in [0, 1)"),
-            ("optim.eps", o.eps, _positive, "> 0"),
-            ("optim.grad_clip", o.grad_clip, _non_negative, ">= 0 (0: no clipping)"),
-            ("train.eval_interval", t.eval_interval, _non_negative, ">= 0 (0: only at the end)"),
-            ("train.stop_at_step", t.stop_at_step, _positive, ">= 1"),
-            ("checkpoint.interval", c.interval, _non_negative, ">= 0 (0: only the final save)"),
-            ("checkpoint.keep_last", c.keep_last, _non_negative, ">= 0 (0: keep all)"),
-            ("system.cpu_threads", self.system.cpu_threads, _non_negative, ">= 0 (0: automatic)"),
+            ("data.val_shards", d.val_shards, non_negative, ">= 0"),
+            ("data.eval_batches", d.eval_batches, non_negative, ">= 0 (0: all)"),
+            ("data.num_workers", d.num_workers, non_negative, ">= 0"),
+            ("data.shuffle_buffer", d.shuffle_buffer, non_negative, ">= 0"),
+            ("optim.lr", o.lr, positive, "> 0"),
+            ("optim.min_lr_ratio", o.min_lr_ratio, fraction, "in [0, 1]"),
+            ("optim.warmup_steps", o.warmup_steps, non_negative, ">= 0"),
+            ("optim.weight_decay", o.weight_decay, non_negative, ">= 0"),
+            ("optim.beta1", o.beta1, below_one, "in [0, 1)"),
+            ("optim.beta2", o.beta2, below_one, "in [0, 1)"),
+            ("optim.eps", o.eps, positive, "> 0"),
+            ("optim.grad_clip", o.grad_clip, non_negative, ">= 0 (0: no clipping)"),
+            ("train.eval_interval", t.eval_interval, non_negative, ">= 0 (0: only at the end)"),
+            ("train.stop_at_step", t.stop_at_step, positive, ">= 1"),
+            ("checkpoint.interval", c.interval, non_negative, ">= 0 (0: only the final save)"),
+            ("checkpoint.keep_last", c.keep_last, non_negative, ">= 0 (0: keep all)"),
+            ("system.cpu_threads", self.system.cpu_threads, non_negative, ">= 0 (0: automatic)"),
         ]
 
     @property
