@@ -40,7 +40,7 @@ from train_throughput import load_scope_strings, mask_ours, sync
 
 from cloud import CloudForMaskedLM, family, flavours, flops_per_token
 from tokenizer import ScopeTokenizer
-from train.common.batching import sequence_lengths
+from train.common.batching import packed_tensors, sequence_lengths
 from train.masking import MLMMasker
 from train.metrics import device_peak_flops, peak_memory_bytes
 from train.pretrain import model_inputs
@@ -95,15 +95,7 @@ def packed_batches(texts: list[str], tokens_per_batch: int) -> list[dict[str, to
         used += len(ids)
     batches = []
     for group in groups[:-1] or groups:  # the last, partial batch only if it is the only one
-        packed = tokenizer.pack(group)
-        batches.append(
-            {
-                "input_ids": torch.from_numpy(packed.input_ids),
-                "segment_ids": torch.from_numpy(packed.segment_ids),
-                "position_ids": torch.from_numpy(packed.position_ids),
-                "cu_seqlens": torch.from_numpy(packed.cu_seqlens),
-            }
-        )
+        batches.append(packed_tensors(tokenizer.pack(group)))
     return mask_ours(batches, MLMMasker.from_tokenizer(tokenizer), seed=1)
 
 

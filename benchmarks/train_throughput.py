@@ -71,7 +71,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: the repository's
 
 from cloud import CloudForMaskedLM, family, flavours, flops_per_token  # noqa: E402
 from tokenizer import ScopeTokenizer  # noqa: E402
-from train.common.batching import sequence_lengths  # noqa: E402
+from train.common.batching import packed_tensors, padded_tensors, sequence_lengths  # noqa: E402
 from train.masking import MLMMasker, make_generator  # noqa: E402
 from train.metrics import device_peak_flops  # noqa: E402
 
@@ -161,14 +161,7 @@ def our_batches(
     """Batches exactly as CorpusStream collates them: padded to the batch's longest."""
     batches = []
     for start in range(0, len(ids) - batch_size + 1, batch_size):
-        encoded = tokenizer.pad(ids[start : start + batch_size])
-        batches.append(
-            {
-                "input_ids": torch.from_numpy(encoded.input_ids),
-                "attention_mask": torch.from_numpy(encoded.attention_mask),
-                "segment_ids": torch.from_numpy(encoded.segment_ids),
-            }
-        )
+        batches.append(padded_tensors(tokenizer.pad(ids[start : start + batch_size])))
     return batches
 
 
@@ -179,15 +172,7 @@ def our_packed_batches(
     a ``tokens_per_batch`` batch."""
     batches = []
     for start in range(0, len(ids) - batch_size + 1, batch_size):
-        packed = tokenizer.pack(ids[start : start + batch_size])
-        batches.append(
-            {
-                "input_ids": torch.from_numpy(packed.input_ids),
-                "segment_ids": torch.from_numpy(packed.segment_ids),
-                "position_ids": torch.from_numpy(packed.position_ids),
-                "cu_seqlens": torch.from_numpy(packed.cu_seqlens),
-            }
-        )
+        batches.append(packed_tensors(tokenizer.pack(ids[start : start + batch_size])))
     return batches
 
 

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cluster.manifest import MANIFEST_NAME, shard_paths
 from cluster.manifest import read_manifest as _read_manifest
+from train.common.batching import packed_tensors, padded_tensors
 
 if TYPE_CHECKING:
     from tokenizer.vocab import ScopeTokenizer
@@ -142,21 +143,10 @@ class _Reader:
                 yield from chunk
 
     def collate(self, samples: list[dict[str, Any]]) -> Batch:
-        encoded = self.tokenizer.pad([self.token_ids(s) for s in samples])
-        return {
-            "input_ids": torch.from_numpy(encoded.input_ids),
-            "attention_mask": torch.from_numpy(encoded.attention_mask),
-            "segment_ids": torch.from_numpy(encoded.segment_ids),
-        }
+        return padded_tensors(self.tokenizer.pad([self.token_ids(s) for s in samples]))
 
     def collate_packed(self, samples: list[dict[str, Any]]) -> Batch:
-        packed = self.tokenizer.pack([self.token_ids(s) for s in samples])
-        return {
-            "input_ids": torch.from_numpy(packed.input_ids),
-            "segment_ids": torch.from_numpy(packed.segment_ids),
-            "position_ids": torch.from_numpy(packed.position_ids),
-            "cu_seqlens": torch.from_numpy(packed.cu_seqlens),
-        }
+        return packed_tensors(self.tokenizer.pack([self.token_ids(s) for s in samples]))
 
     def token_ids(self, sample: dict[str, Any]) -> list[int]:
         """Stored ids when the shard's tokenizer is ours, else the SCOPE string re-tokenised

@@ -35,6 +35,26 @@ def make_batch(
     }
 
 
+def padded_tensors(encoded: Any) -> dict[str, torch.Tensor]:
+    """A tokenizer's padded ``BatchEncoding`` as the batch ``CorpusStream`` yields (views of
+    its numpy arrays, no copy)."""
+    return {
+        "input_ids": torch.from_numpy(encoded.input_ids),
+        "attention_mask": torch.from_numpy(encoded.attention_mask),
+        "segment_ids": torch.from_numpy(encoded.segment_ids),
+    }
+
+
+def packed_tensors(packed: Any) -> dict[str, torch.Tensor]:
+    """A tokenizer's ``PackedEncoding`` as the packed batch ``CorpusStream`` yields."""
+    return {
+        "input_ids": torch.from_numpy(packed.input_ids),
+        "segment_ids": torch.from_numpy(packed.segment_ids),
+        "position_ids": torch.from_numpy(packed.position_ids),
+        "cu_seqlens": torch.from_numpy(packed.cu_seqlens),
+    }
+
+
 def is_packed(batch: Mapping[str, Any]) -> bool:
     """Whether ``batch`` is packed (``cu_seqlens``, ``train.data``) rather than padded."""
     return "cu_seqlens" in batch
