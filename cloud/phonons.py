@@ -618,8 +618,11 @@ def load_phonondb(
     mp_ids: Iterable[str] | None = None,
     with_structures: bool = True,
     rejected: list[RejectedRow] | None = None,
+    structures_file: str = "structures.jsonl.gz",
+    thermal_file: str = "thermal.jsonl.gz",
 ) -> list[PhonondbRecord]:
-    """Read phonondb's structures.jsonl.gz and thermal.jsonl.gz, joined by mp_id.
+    """Read phonondb's structures.jsonl.gz and thermal.jsonl.gz (or the files so named in
+    ``directory``, e.g. the shipped sample's), joined by mp_id.
 
     Returns one PhonondbRecord per material present and valid in both files, in the order of
     thermal.jsonl.gz. ``mp_ids`` restricts reading to those materials (fast: other lines are not
@@ -629,8 +632,8 @@ def load_phonondb(
     files are read, or is appended to ``rejected`` when a list is given.
     """
     directory = Path(directory)
-    structures_path = directory / "structures.jsonl.gz"
-    thermal_path = directory / "thermal.jsonl.gz"
+    structures_path = directory / structures_file
+    thermal_path = directory / thermal_file
     wanted = set(mp_ids) if mp_ids is not None else None
     bad: list[RejectedRow] = []
     structures, rejected_structure_ids = _read_phonondb_structures(

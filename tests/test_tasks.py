@@ -149,7 +149,7 @@ def test_phonons_sample_ids(tmp_path: Path) -> None:
 def test_full_dataset_rows_match_the_official_folds(shared_data: Path, name: str) -> None:
     # The ids a reader gives, checked against the official splits (no SCOPE encoding: fast).
     task = get_task(name)
-    rows = read_matbench(shared_data / task.splits.data, task)
+    rows = read_matbench(shared_data / task.splits.data, task, {})
     official = read_matbench_folds(shared_data / FOLDS_FILE, name)
     ids = [row.id for row in rows]
     assert ids == [f"mb-{name.removeprefix('matbench_')}-{i + 1:04d}" for i in range(len(ids))]

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,19 +153,20 @@ def _load_petretto(
     )
 
 
-def _phonondb_directory(root: Path, allow_sample: bool) -> tuple[Path, bool, Any]:
-    """Directory with structures.jsonl.gz and thermal.jsonl.gz; the sample's files are named
-    *_sample.jsonl.gz, so they are linked under the reader's names in a temporary directory."""
+def _phonondb_files(root: Path, allow_sample: bool) -> tuple[Path, dict[str, str], bool]:
+    """(directory, the names of its structures and thermal files, is_sample): the data
+    root's phonondb, else the shipped sample (whose files are named *_sample.jsonl.gz)."""
     full = root / "phonondb"
     if (full / "thermal.jsonl.gz").is_file() and (full / "structures.jsonl.gz").is_file():
-        return full, False, None
+        return full, {}, False
     sample = REPO / "data" / "phonondb"
     if not allow_sample or not (sample / "thermal_sample.jsonl.gz").is_file():
         raise FileNotFoundError(f"{full} lacks structures/thermal.jsonl.gz (no sample allowed)")
-    holder = tempfile.TemporaryDirectory(prefix="phonondb-sample-")
-    for name in ("structures", "thermal"):
-        os.symlink(sample / f"{name}_sample.jsonl.gz", Path(holder.name) / f"{name}.jsonl.gz")
-    return Path(holder.name), True, holder
+    names = {
+        "structures_file": "structures_sample.jsonl.gz",
+        "thermal_file": "thermal_sample.jsonl.gz",
+    }
+    return sample, names, True
 
 
 def _load_phonondb(
@@ -179,18 +179,14 @@ def _load_phonondb(
 ) -> ThermalData:
     from cloud.phonons import load_phonondb
 
-    directory, is_sample, holder = _phonondb_directory(root, allow_sample)
-    try:
-        rejected: list[Any] = []
-        # Thermal data first without structures: building pymatgen objects for the unstable
-        # materials (a third of phonondb) would be wasted.
-        light = load_phonondb(directory, with_structures=False, rejected=rejected)
-        stable_ids = [r.mp_id for r in light if r.min_freq_thz >= threshold]
-        chosen = [stable_ids[i] for i in _seeded_subset(len(stable_ids), max_materials, seed)]
-        records = load_phonondb(directory, mp_ids=chosen, rejected=[])
-    finally:
-        if holder is not None:
-            holder.cleanup()
+    directory, names, is_sample = _phonondb_files(root, allow_sample)
+    rejected: list[Any] = []
+    # Thermal data first without structures: building pymatgen objects for the unstable
+    # materials (a third of phonondb) would be wasted.
+    light = load_phonondb(directory, with_structures=False, rejected=rejected, **names)
+    stable_ids = [r.mp_id for r in light if r.min_freq_thz >= threshold]
+    chosen = [stable_ids[i] for i in _seeded_subset(len(stable_ids), max_materials, seed)]
+    records = load_phonondb(directory, mp_ids=chosen, rejected=[], **names)
     scopes, failures = _encode_all([r.structure for r in records], variant)
     kept = [i for i, scope in enumerate(scopes) if scope is not None]
     records = [records[i] for i in kept]

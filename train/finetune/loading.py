@@ -92,7 +92,7 @@ def _load_examples(task: Task, resolved: ResolvedFiles, variant: str) -> dict[st
     examples: dict[str, Example] = {}
     for role in _data_roles(task.splits):
         path = resolved.paths[role]
-        for row in reader(path, task):
+        for row in reader(path, task, resolved.paths):
             if row.id in examples:
                 raise ValueError(
                     f"task {task.name}: id {row.id!r} occurs twice ({examples[row.id].position} "

@@ -1,4 +1,4 @@
-"""The Matbench protocol on a loaded task: its folds (official, given or by index) and
+"""The Matbench protocol on a loaded task: its folds (official, given, by index or seeded) and
 ``split_fold``, which turns a fold into the ids a run uses.
 
 The validation set for early stopping is carved (seeded) from the training fold and removed
@@ -22,6 +22,7 @@ from train.finetune.tasks import (
     LoadReport,
     MatbenchFolds,
     ResolvedFiles,
+    SeededSplit,
     Task,
     TaskData,
 )
@@ -39,7 +40,16 @@ def _build_folds(
             by_role.setdefault(example.role, []).append(example.id)
         val = tuple(by_role.get("val", [])) if splits.val is not None else None
         return [Fold("fold_0", tuple(by_role.get("train", [])), tuple(by_role["test"]), val)]
+    if isinstance(splits, SeededSplit):
+        return [seeded_fold(list(examples), splits.test_fraction, splits.seed)]
     return [_index_fold(splits, resolved, examples)]
+
+
+def seeded_fold(ids: Sequence[str], test_fraction: float, seed: int) -> Fold:
+    """``fold_0`` with a seeded ``test_fraction`` of ``ids`` as its test part, drawn as the
+    validation carve-out is (``carve_validation``)."""
+    train, test = carve_validation(ids, test_fraction, seed)
+    return Fold("fold_0", tuple(train), tuple(test))
 
 
 def read_matbench_folds(path: str | os.PathLike[str], matbench_name: str) -> list[Fold]:

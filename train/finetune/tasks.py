@@ -7,7 +7,9 @@ column is the target, how it is scored and how it is split:
 * ``MatbenchFolds``: the official Matbench v0.1 5-fold splits by mb-id (row i of the dataset
   is ``mb-<name>-{i+1:04d}``);
 * ``GivenSplits``: given train / (val) / test files;
-* ``IndexSplit``: one data file and files of row indices per split.
+* ``IndexSplit``: one data file and files of row indices per split;
+* ``SeededSplit``: one data set (read from one or more files) and a seeded random test part,
+  for the large property sets used as an intermediate supervised stage.
 
 Adding a task is one ``register_task(Task(...))``; the benchmarks of this repository are
 registered at the end of this module. Loading is ``train.finetune.loading.load_task``, the
@@ -107,7 +109,30 @@ class IndexSplit:
         return self.files()
 
 
-Splits = MatbenchFolds | GivenSplits | IndexSplit
+@dataclass(frozen=True)
+class SeededSplit:
+    """One data set and a seeded random test part (a single fold, ``fold_0``)."""
+
+    data: str
+    """The file the reader is given, relative to the data root."""
+    companions: Mapping[str, str] = field(default_factory=dict)
+    """Further files the reader joins with ``data`` ({role: path}), e.g. phonondb's
+    structures beside its thermal properties."""
+    sample: Mapping[str, str] | None = None
+    """The same roles in ``data/`` (``data`` included), used when the data root lacks them."""
+    test_fraction: float = 0.1
+    """Share of the rows (seeded shuffle) that form the test part."""
+    seed: int = 0
+    """Seeds the test part; the validation carve-out has its own seed (the run's)."""
+
+    def files(self) -> dict[str, str]:
+        return {"data": self.data, **self.companions}
+
+    def sample_files(self) -> dict[str, str] | None:
+        return None if self.sample is None else dict(self.sample)
+
+
+Splits = MatbenchFolds | GivenSplits | IndexSplit | SeededSplit
 
 
 @dataclass(frozen=True)
@@ -125,8 +150,9 @@ class Task:
     metric: str = "mae"
     """Headline score: mae for regression; rocauc, accuracy, … for classification."""
     reader: str = "records"
-    """Key in ``READERS``: ``records`` (any format ``cluster.readers`` reads) or ``matbench``
-    (the same, with rows named by their official mb-ids)."""
+    """Key in ``READERS``: ``records`` (any format ``cluster.readers`` reads), ``matbench``
+    (the same, with rows named by their official mb-ids) or ``phonondb`` (thermal properties
+    joined with structures by mp_id)."""
     unit: str = ""
     """Unit of the target, for tables and plots."""
     description: str = ""
@@ -314,14 +340,14 @@ class Row:
     record: Any
 
 
-def read_records(path: Path, task: Task) -> list[Row]:
+def read_records(path: Path, task: Task, files: Mapping[str, Path]) -> list[Row]:
     """Any format ``cluster.readers`` reads, rows named by the reader's ids."""
     from cluster.readers import read_file
 
     return [Row(record.source_id, record) for record in read_file(path)]
 
 
-def read_matbench(path: Path, task: Task) -> list[Row]:
+def read_matbench(path: Path, task: Task, files: Mapping[str, Path]) -> list[Row]:
     """A Matbench dataset file (or a subset with the original row keys): rows named by
     their official mb-ids, ``mb-<name>-{row + 1:0Nd}`` with N the digits of the official ids."""
     from cluster.readers import read_file
@@ -368,9 +394,55 @@ def _matbench_row_labels(path: Path) -> list[Any]:
     raise ValueError(f"{path}: not a Matbench table (list, columns or split layout)")
 
 
-READERS: dict[str, Callable[[Path, Task], list[Row]]] = {
+THZ_TO_INVERSE_CM = 33.35641
+"""1 THz in cm⁻¹ (c = 299,792,458 m/s)."""
+
+
+def read_phonondb(path: Path, task: Task, files: Mapping[str, Path]) -> list[Row]:
+    """phonondb's thermal file ``path`` joined by mp_id with ``files["structures"]``: one row
+    per material named by its mp_id, with properties ``max_frequency`` and ``min_frequency``
+    in cm⁻¹ (negative: imaginary modes). A row that cannot be paired keeps its reason."""
+    from cloud.phonons import load_phonondb
+    from cluster.readers import Record
+
+    rejected: list[Any] = []
+    materials = load_phonondb(
+        path.parent,
+        structures_file=files["structures"].name,
+        thermal_file=path.name,
+        rejected=rejected,
+    )
+    rows = [
+        Row(
+            m.mp_id,
+            Record(
+                source=str(path),
+                source_id=m.mp_id,
+                position=f"{path}:{m.mp_id}",
+                structure=m.structure,
+                properties={
+                    "max_frequency": m.max_freq_thz * THZ_TO_INVERSE_CM,
+                    "min_frequency": m.min_freq_thz * THZ_TO_INVERSE_CM,
+                    "space_group": m.space_group,
+                },
+            ),
+        )
+        for m in materials
+    ]
+    seen = {row.id for row in rows}
+    for bad in rejected:
+        position = f"{bad.path}:{bad.row}"
+        # A duplicate's mp_id is taken by its first row: name it by where it was read.
+        row_id = bad.mp_id if bad.mp_id and bad.mp_id not in seen else f"{bad.path.name}:{bad.row}"
+        seen.add(row_id)
+        rows.append(Row(row_id, Record(str(bad.path), row_id, position, None, error=bad.reason)))
+    return rows
+
+
+READERS: dict[str, Callable[[Path, Task, Mapping[str, Path]], list[Row]]] = {
     "records": read_records,
     "matbench": read_matbench,
+    "phonondb": read_phonondb,
 }
 
 
@@ -448,6 +520,25 @@ for _task in (
         description="last phonon DOS peak of 1,265 materials; official 5-fold Matbench CV",
         reference_scores={"MegNet": 28.76, "coGN": 29.71, "CrabNet": 55.11, "Dummy": 323.98},
         reference_source=_MATBENCH_LEADERBOARD,
+    ),
+    Task(
+        name="phonondb_max_frequency",
+        target="max_frequency",
+        splits=SeededSplit(
+            data="phonondb/thermal.jsonl.gz",
+            companions={"structures": "phonondb/structures.jsonl.gz"},
+            sample={
+                "data": "phonondb/thermal_sample.jsonl.gz",
+                "structures": "phonondb/structures_sample.jsonl.gz",
+            },
+        ),
+        reader="phonondb",
+        unit="cm⁻¹",
+        description=(
+            "highest phonon frequency of 10,034 MP materials (Togo's phonondb, phonopy; "
+            "materials with imaginary modes included); seeded 90/10 split. A large "
+            "intermediate stage before matbench_phonons (exclude_tasks keeps its structures out)"
+        ),
     ),
     _aflow("debye_temperature", "K", "Debye temperature (AGL)"),
     _aflow("bulk_modulus", "GPa", "bulk modulus (AEL VRH)"),
