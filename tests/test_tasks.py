@@ -291,6 +291,37 @@ def test_index_split(tmp_path: Path) -> None:
         load_task(task, tmp_path)
 
 
+def test_phonondb_rows_carry_the_highest_frequency_in_inverse_cm(tmp_path: Path) -> None:
+    data = load_task("phonondb_max_frequency", NO_ROOT)
+    assert data.report.is_sample and data.report.n_usable == data.report.n_rows == 300
+    with gzip.open(T.SAMPLE_ROOT / "phonondb/thermal_sample.jsonl.gz", "rt") as handle:
+        first = json.loads(handle.readline())
+    example = data.examples[first["mp_id"]]
+    assert example.target == pytest.approx(first["max_freq_THz"] * 33.35641)
+    assert example.ok and example.scope
+    (fold,) = data.folds
+    assert (len(fold.train_ids), len(fold.test_ids)) == (270, 30)
+    assert not set(fold.train_ids) & set(fold.test_ids)
+    assert load_task("phonondb_max_frequency", NO_ROOT).folds[0] == fold  # seeded, stable
+
+
+def test_phonondb_material_without_a_structure_is_kept_with_its_reason(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "phonondb").mkdir(parents=True)
+    shutil.copy(
+        T.SAMPLE_ROOT / "phonondb/thermal_sample.jsonl.gz", root / "phonondb/thermal.jsonl.gz"
+    )
+    with gzip.open(T.SAMPLE_ROOT / "phonondb/structures_sample.jsonl.gz", "rt") as handle:
+        lines = handle.readlines()
+    missing = json.loads(lines[5])["mp_id"]
+    with gzip.open(root / "phonondb/structures.jsonl.gz", "wt") as handle:
+        handle.writelines(lines[:5] + lines[6:])
+    data = load_task("phonondb_max_frequency", root)
+    assert not data.report.is_sample and data.report.n_rows == 300
+    assert data.report.n_usable == 299
+    assert "no structure for this mp_id" in (data.examples[missing].error or "")
+
+
 # ----------------------------------------------------------------------------- validation carve
 
 
