@@ -16,7 +16,7 @@ ALLOWED = {
     "cluster": {"tokenizer", "cloud"},
     "train": {"tokenizer", "cloud", "cluster"},
 }
-COMMAND_LINE = ("train.cli", "train.commands")
+COMMAND_LINE = ("train.cli", "train.cli")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -61,7 +61,7 @@ def test_no_engine_module_imports_the_command_line() -> None:
     engine = [
         path
         for path in package_files("train")
-        if path.name != "cli.py" and "commands" not in path.relative_to(REPO / "train").parts
+        if path.relative_to(REPO / "train").parts[0] != "cli"
     ]
     offences = [
         f"{path.relative_to(REPO)} imports {name}"

@@ -164,10 +164,10 @@ def test_lr_schedule() -> None:
 def test_cli_registers_pretrain() -> None:
     from train.cli import COMMAND_MODULES
 
-    assert "train.commands.pretrain" in COMMAND_MODULES
+    assert "train.cli.pretrain" in COMMAND_MODULES
     import argparse
 
-    from train.commands import pretrain as command
+    from train.cli import pretrain as command
 
     parser = argparse.ArgumentParser()
     command.register(parser.add_subparsers(dest="command"))

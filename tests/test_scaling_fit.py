@@ -276,7 +276,7 @@ def write_results_csv(path: Path, n_params: np.ndarray, tokens: np.ndarray, loss
 
 def run_cli(argv: list[str]) -> int:
     """`cloud ...` through this command's own registration (as train.cli builds it)."""
-    from train.commands import scaling as scaling_command
+    from train.cli import scaling as scaling_command
 
     parser = argparse.ArgumentParser(prog="cloud")
     scaling_command.register(parser.add_subparsers(dest="command", required=True))
@@ -287,7 +287,7 @@ def run_cli(argv: list[str]) -> int:
 def test_cli_is_registered() -> None:
     from train import cli
 
-    assert "train.commands.scaling" in cli.COMMAND_MODULES
+    assert "train.cli.scaling" in cli.COMMAND_MODULES
 
 
 def test_cli_fit_writes_report_json_and_plots(

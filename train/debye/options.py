@@ -2,7 +2,7 @@
 protocols, compared methods and the temperature grid syntax.
 
 Standard library only, so that building the `cloud` parser does not import torch; the engine
-(``train.debye``) and the CLI (``train.commands.debye``) both import from here, and the engine
+(``train.debye``) and the CLI (``train.cli.debye``) both import from here, and the engine
 never imports the command line.
 """
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from train.commands.arguments import add_overrides
+from train.cli.arguments import add_overrides
 from train.debye.options import (
     COMPARE_METHODS,
     PROTOCOLS,

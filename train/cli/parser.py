@@ -1,4 +1,5 @@
-"""The `cloud` command line: one parser, one module per subcommand."""
+"""The `cloud` parser: the subcommands of ``COMMAND_MODULES``, overrides anywhere among a
+command's options, and user mistakes as one-line errors."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "train.commands.scope",
-    "train.commands.corpus",
-    "train.commands.pretrain",
-    "train.commands.export",  # export, then import-hf
-    "train.commands.finetune",
-    "train.commands.predict",
-    "train.commands.debye",
-    "train.commands.scaling",
-    "train.commands.submit",
-    "train.commands.demo",
+    "train.cli.scope",
+    "train.cli.corpus",
+    "train.cli.pretrain",
+    "train.cli.export",  # export, then import-hf
+    "train.cli.finetune",
+    "train.cli.predict",
+    "train.cli.debye",
+    "train.cli.scaling",
+    "train.cli.submit",
+    "train.cli.demo",
 )
 """In pipeline order, which is the order ``cloud --help`` lists the commands in."""
 
@@ -110,7 +111,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cloud {args.command}: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

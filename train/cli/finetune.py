@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from train.commands.arguments import add_overrides
+from train.cli.arguments import add_overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from train.commands.arguments import add_overrides
+from train.cli.arguments import add_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

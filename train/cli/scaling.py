@@ -11,8 +11,8 @@ import argparse
 import importlib
 import sys
 
-# Modules adding further `cloud scaling` actions, e.g. "train.commands.scaling_sweep".
-ACTION_MODULES: tuple[str, ...] = ("train.commands.scaling_sweep",)
+# Modules adding further `cloud scaling` actions, e.g. "train.cli.scaling_sweep".
+ACTION_MODULES: tuple[str, ...] = ("train.cli.scaling_sweep",)
 
 DEFAULT_BOOTSTRAP = 200  # mirrors train.scaling.DEFAULT_BOOTSTRAP without importing numpy
 
