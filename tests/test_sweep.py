@@ -148,6 +148,40 @@ def test_sweep_config_refuses_unknown_keys_and_empty_axes(tmp_path: Path) -> Non
         load_sweep_config(path)
 
 
+GOOD_SWEEP = {"base_config": "x.yaml", "models": [{"name": "a", "flavour": "debug"}], "steps": [5]}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"base_config": None}, "base_config .* is missing"),
+        ({"steps": [5, "many"]}, r"steps must be whole numbers, got 'many'"),
+        ({"steps": [2.5e3]}, "steps must be whole numbers, got 2500.0"),
+        ({"steps": [0]}, "steps must be positive"),
+        ({"nproc": 0}, "nproc must be >= 1, got 0"),
+        ({"nproc": 2, "in_process": True}, "in_process runs one process, but nproc is 2"),
+        ({"in_process": "yes"}, "in_process must be true or false"),
+        ({"models": [{"name": "a", "flavour": "giant"}]}, "unknown flavour 'giant'"),
+        ({"models": [{"name": "a", "flavour": "debug", "overrides": [1]}]}, "must be a mapping"),
+        ({"warmup_fraction": 1.5}, r"warmup_fraction must lie in \(0, 1\)"),
+    ],
+)
+def test_a_sweep_config_mistake_is_refused_naming_the_file_and_key(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    values = {**GOOD_SWEEP, **change}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in values.items() if v is not None}))
+    with pytest.raises(ValueError, match=message) as caught:
+        load_sweep_config(path)
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/scaling").glob("*.yaml")), ids=str)
+def test_the_shipped_sweep_configs_load(path: Path) -> None:
+    assert load_sweep_config(path).models
+
+
 # ------------------------------------------------------------------ held-out prediction
 
 LAW = {"E": 0.5, "A": 40.0, "B": 900.0, "alpha": 0.35, "beta": 0.45}

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from train.common.files import atomic_write_text
+from train.common.ranges import out_of_range, positive
 from train.scaling.downstream import DownstreamConfig, downstream_from_mapping, run_downstream
 from train.scaling.law import DEFAULT_BOOTSTRAP
 from train.scaling.prediction import PREDICTION_FILE, make_prediction, read_prediction
@@ -113,8 +114,12 @@ def load_sweep_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"{path}: unknown sweep keys {unknown}; valid: {sorted(known)}")
+    if "base_config" not in raw:
+        raise ValueError(
+            f"{path}: base_config (the pretraining YAML every run starts from) is missing"
+        )
     models = tuple(_model(entry, path) for entry in raw.get("models") or ())
-    steps = tuple(int(s) for s in raw.get("steps") or ())
+    steps = tuple(_integer(s, "steps", path) for s in raw.get("steps") or ())
     if len(models) < 1 or len(steps) < 1:
         raise ValueError(f"{path}: a sweep needs at least one model and one step count")
     names = [m.name for m in models]
@@ -122,6 +127,15 @@ def load_sweep_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
         raise ValueError(f"{path}: model names must be unique, got {names}")
     if any(s <= 0 for s in steps):
         raise ValueError(f"{path}: steps must be positive, got {list(steps)}")
+    nproc = _integer(raw.get("nproc", 1), "nproc", path)
+    in_process = raw.get("in_process", False)
+    if not isinstance(in_process, bool):
+        raise ValueError(f"{path}: in_process must be true or false, got {in_process!r}")
+    problems = out_of_range([("nproc", nproc, positive, ">= 1")])
+    if in_process and nproc != 1:
+        problems.append(f"in_process runs one process, but nproc is {nproc}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
     return SweepConfig(
         name=str(raw.get("name", path.stem)),
         base_config=str(raw["base_config"]),
@@ -129,12 +143,19 @@ def load_sweep_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
         models=models,
         steps=steps,
         overrides=(*(str(o) for o in raw.get("overrides") or ()), *overrides),
-        nproc=int(raw.get("nproc", 1)),
-        in_process=bool(raw.get("in_process", False)),
+        nproc=nproc,
+        in_process=in_process,
         warmup_fraction=_fraction(raw.get("warmup_fraction"), path),
         prediction=_prediction(raw.get("prediction"), path, names, steps),
         downstream=downstream_from_mapping(raw.get("downstream"), path),
     )
+
+
+def _integer(value: Any, key: str, path: Path) -> int:
+    """A whole number from YAML (``2000``, not ``2e3`` or ``"many"``), or an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{path}: {key} must be whole numbers, got {value!r}")
+    return value
 
 
 def _prediction(
@@ -145,7 +166,7 @@ def _prediction(
     if not isinstance(entry, Mapping) or "steps" not in entry:
         raise ValueError(f"{path}: prediction needs name, flavour and steps, got {entry!r}")
     model = _model({k: v for k, v in entry.items() if k != "steps"}, path)
-    cell = PredictionCell(model, int(entry["steps"]))
+    cell = PredictionCell(model, _integer(entry["steps"], "prediction.steps", path))
     if model.name in names:
         raise ValueError(f"{path}: the prediction's name {model.name!r} is also a grid model")
     if cell.steps <= max(steps):
@@ -166,9 +187,19 @@ def _fraction(value: Any, path: Path) -> float | None:
 
 
 def _model(entry: Mapping[str, Any], path: Path) -> SweepModel:
+    from cloud.flavours import flavours
+
     if not isinstance(entry, Mapping) or "name" not in entry or "flavour" not in entry:
         raise ValueError(f"{path}: each model needs a name and a flavour, got {entry!r}")
-    return SweepModel(str(entry["name"]), str(entry["flavour"]), dict(entry.get("overrides") or {}))
+    if entry["flavour"] not in flavours():
+        raise ValueError(
+            f"{path}: model {entry['name']!r}: unknown flavour {entry['flavour']!r}; "
+            f"known: {flavours()}"
+        )
+    overrides = entry.get("overrides") or {}
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"{path}: model {entry['name']!r}: overrides must be a mapping")
+    return SweepModel(str(entry["name"]), str(entry["flavour"]), dict(overrides))
 
 
 def run_overrides(sweep: SweepConfig, model: SweepModel, steps: int) -> list[str]:
