@@ -104,13 +104,28 @@ def apply_overrides(values: Mapping[str, Any], overrides: Sequence[str]) -> dict
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[last] = yaml.safe_load(text) if text.strip() else ""
+        try:
+            node[last] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise ValueError(
+                f"override {item!r}: the value is not YAML ({_first_line(err)})"
+            ) from None
     return result
 
 
+def _first_line(err: yaml.YAMLError) -> str:
+    return str(err).strip().splitlines()[0]
+
+
 def read_yaml_mapping(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
-    """The top-level mapping of a YAML config file (``yaml.safe_load``)."""
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    """The top-level mapping of a YAML config file (``yaml.safe_load``); a file that is not
+    YAML is a ValueError naming it and the place."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ValueError(f"{path}: not a YAML {kind} config{where}: {_first_line(err)}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: the top level of a {kind} config must be a mapping")
     return values

@@ -47,26 +47,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"{task.name:28s} {task.task_type:14s} {task.metric:6s} {task.description}")
         return 0
     if not args.checkpoint or not args.task:
-        print("error: cloud finetune needs --checkpoint and --task", file=sys.stderr)
+        print("cloud finetune: error: --checkpoint and --task are needed", file=sys.stderr)
         return 2
     from train.finetune import load_config, metrics_table, parse_folds, run_finetune
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        config = load_config(
-            args.config,
-            args.overrides,
-            checkpoint=args.checkpoint,
-            task=args.task,
-            folds=parse_folds(args.folds),
-            out=args.out,
-            data_root=args.data_root,
-            device=args.device,
-            allow_sample=False if args.no_sample_fallback else None,
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(
+        args.config,
+        args.overrides,
+        checkpoint=args.checkpoint,
+        task=args.task,
+        folds=parse_folds(args.folds),
+        out=args.out,
+        data_root=args.data_root,
+        device=args.device,
+        allow_sample=False if args.no_sample_fallback else None,
+    )
     result = run_finetune(config, progress=True)
     print(metrics_table(result.task, result.folds, result.summary))
     print(f"\nresults: {result.out}/results.json.gz, report: {result.out}/report.md")

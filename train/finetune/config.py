@@ -185,10 +185,9 @@ def parse_folds(text: str | None) -> list[int] | None:
     folds: list[int] = []
     for part in text.split(","):
         start, sep, stop = part.strip().partition("-")
-        if sep:
-            folds.extend(range(int(start), int(stop) + 1))
-        else:
-            folds.append(int(start))
-    if not folds or min(folds) < 0:
-        raise ValueError(f"invalid fold list {text!r}")
+        if not start.isdigit() or (sep and not stop.isdigit()):
+            raise ValueError(f"invalid fold list {text!r}: use 0-4, 0,2,3, 1 or all")
+        folds.extend(range(int(start), int(stop) + 1) if sep else [int(start)])
+    if not folds:
+        raise ValueError(f"invalid fold list {text!r}: use 0-4, 0,2,3, 1 or all")
     return sorted(set(folds))

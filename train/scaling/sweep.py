@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from train.common.files import atomic_write_text
 from train.common.ranges import out_of_range, positive
+from train.config import read_yaml_mapping
 from train.scaling.downstream import DownstreamConfig, downstream_from_mapping, run_downstream
 from train.scaling.law import DEFAULT_BOOTSTRAP
 from train.scaling.prediction import PREDICTION_FILE, make_prediction, read_prediction
@@ -97,7 +96,7 @@ class SweepConfig:
 def load_sweep_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepConfig:
     """Read a sweep YAML (``yaml.safe_load``), refusing unknown keys and empty axes."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml_mapping(path, "sweep")
     known = {
         "name",
         "base_config",
