@@ -31,7 +31,7 @@ from train.checkpoint import (
     weights_only_torch_load,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEBUG = REPO / "configs" / "pretrain" / "debug.yaml"
 TAG = "step_00000002"
 # The files of a ZeRO-1 checkpoint tag (one process), by what they hold.

@@ -40,7 +40,7 @@ from cluster.slurm import (
 )
 from train.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 NACL_SCOPE = "1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a 4b | Na 0.5 Cl 0.5"
 NACL_POSCAR = """NaCl

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pretrain import DEBUG, common_overrides, losses
+from tests.train.pretrain.test_pretrain import DEBUG, common_overrides, losses
 from train.common.paths import env_with_repository
 from train.distributed import free_port
 from train.launcher import WorkerFailed, launch_workers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LISTEN = "0A"
 
 # ------------------------------------------------------------------ reading /proc
@@ -256,7 +256,7 @@ def test_workers_stop_when_the_launcher_is_killed(tmp_path: Path) -> None:
 
 SINGLE_PROCESS = """
 import json, os
-from tests.test_launcher import listeners_of
+from tests.train.test_launcher import listeners_of
 from train.distributed import init_distributed
 info = init_distributed()
 print(json.dumps({"world_size": info.world_size, "listeners": sorted(listeners_of({os.getpid()}))}))

@@ -11,7 +11,7 @@ from train.debye.config import load_config as load_debye_config
 from train.finetune.config import FinetuneConfig
 from train.finetune.config import load_config as load_finetune_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 BAD_VALUES = [
     ("lr", -1e-3, "lr must be > 0"),

@@ -13,7 +13,7 @@ import yaml
 from train.scaling import write_report
 from train.scaling.sweep import finished_cells, load_sweep_config, run_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

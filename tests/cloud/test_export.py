@@ -2,7 +2,7 @@
 the Hugging Face layout both ways, and the released WordPiece tokenizer.
 
 The ZeRO tests train with the real pre-training ``Trainer`` in a 2-process torchrun (this file
-is the worker: ``python -m torch.distributed.run ... tests/test_export.py``), which also saves
+is the worker: ``python -m torch.distributed.run ... tests/cloud/test_export.py``), which also saves
 the live engine's logits on fixed inputs; the exported package must reproduce them exactly.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # when run as the torchrun worker script
     sys.path.insert(0, str(REPO))
 
@@ -800,7 +800,7 @@ def test_export_of_a_package_to_hf_format(tmp_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="torchrun worker of tests/test_export.py")
+    parser = argparse.ArgumentParser(description="torchrun worker of tests/cloud/test_export.py")
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--runs", required=True, help=f"comma-separated names of {list(RUNS)}")

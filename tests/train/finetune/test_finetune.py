@@ -33,7 +33,7 @@ from train.tasks import (
 )
 
 NO_ROOT = "/nonexistent/cloud-data-root"  # forces the shipped sample
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _debug_config(**overrides) -> object:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pretrain import DEBUG, common_overrides, losses
+from tests.train.pretrain.test_pretrain import DEBUG, common_overrides, losses
 from train.common.schedule import lr_factor
 from train.elastic import ELASTIC_FILE
 from train.pretrain import launch, load_config
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCENARIO = [
     "train.max_steps=8",
     "train.eval_interval=4",

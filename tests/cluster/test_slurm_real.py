@@ -10,7 +10,7 @@ jobs listed) and check what the jobs wrote:
 
 * a corpus build of the shipped sample (2,986 structures, shards of 500) completes and its
   manifest balances;
-* a short pretraining run (the ``debug`` flavour of tests/test_pretrain.py) completes;
+* a short pretraining run (the ``debug`` flavour of tests/train/pretrain/test_pretrain.py) completes;
 * the same run, requeued with ``scontrol requeue`` once its first checkpoint is published, is
   killed by Slurm, started again with ``SLURM_RESTART_COUNT=1``, resumes from that checkpoint
   (the script appends ``--resume``) and ends with the uninterrupted run's losses, bit for bit.
@@ -40,7 +40,7 @@ from train.metrics import read_jsonl
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLOUD = Path(sys.executable).parent / "cloud"
 SAMPLE = REPO / "data" / "corpus" / "structures_sample.jsonl.gz"
 DEBUG = REPO / "configs" / "pretrain" / "debug.yaml"

@@ -46,7 +46,7 @@ from train.pretrain import (
     lr_factor,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "configs" / "pretrain"
 DEBUG = CONFIGS / "debug.yaml"
 TB_TAGS = {

@@ -15,7 +15,7 @@ import pytest
 
 from cluster.corpus import STALL_ENV, CorpusWriter, build_corpus, watchdog
 from cluster.manifest import read_manifest
-from tests.test_corpus import (
+from tests.cluster.test_corpus import (
     SAMPLE,
     assert_balanced,
     jsonl_prefix,

@@ -2,7 +2,7 @@
 exit status 2 (1 for `cloud scope encode`, a filter whose unreadable inputs are reported as
 they come), and no traceback; each case is refused before any work starts. (A corpus build of
 missing inputs is a build that quarantines them, with the reasons printed:
-tests/test_corpus.py.)"""
+tests/cluster/test_corpus.py.)"""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 STAGES = ("corpus", "pretrain", "export", "scaling", "finetune", "debye", "report")
 CHROMIUM_FLAGS = (
     "--headless",

@@ -22,7 +22,7 @@ from cluster.corpus import KILL_ONCE_ENV, build_corpus, dedup_key
 from cluster.manifest import COUNT_FIELDS, FORMAT_NAME, read_manifest, sha256_file
 from cluster.ray_env import setdefault_loopback
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "corpus" / "structures_sample.jsonl.gz"
 
 DISORDERED_CIF = """\

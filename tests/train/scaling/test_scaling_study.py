@@ -13,7 +13,7 @@ import pytest
 from train.scaling import fit_scaling_law, read_results
 from train.scaling.prediction import grid_unchanged, read_prediction
 
-STUDY = Path(__file__).resolve().parents[1] / "docs" / "scaling"
+STUDY = Path(__file__).resolve().parents[3] / "docs" / "scaling"
 
 
 @pytest.fixture(scope="module")

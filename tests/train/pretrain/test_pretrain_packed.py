@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pretrain import DEBUG, common_overrides, losses
+from tests.train.pretrain.test_pretrain import DEBUG, common_overrides, losses
 from train.pretrain import launch
 
 pytestmark = pytest.mark.slow

@@ -27,7 +27,7 @@ from train.debye import methods as debye_methods
 from train.debye import training as debye_training
 from train.debye.data import _drop_rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 NO_ROOT = "/nonexistent/cloud-data-root"  # forces the shipped sample
 THREE_R = D.THREE_R
 
