@@ -106,7 +106,9 @@ class FinetuneConfig:
     """best (the fold with the best validation score), all (one package per fold), none."""
     exclude_tasks: list[str] = field(default_factory=list)
     """Tasks whose structures (every fold) must not be trained on: rows whose SCOPE string
-    equals one of theirs are kept out of training and validation. For an intermediate
+    equals one of theirs, or that are the same crystal as one of theirs (StructureMatcher,
+    among structures of the same reduced formula), are kept out of training and
+    validation. For an intermediate
     supervised stage on a large property set before a benchmark (as the CLOUD-DEBYE AFLOW
     stage does), so that no benchmark test material is seen."""
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))

@@ -81,6 +81,25 @@ def load_task(
     return TaskData(task, examples, folds, report)
 
 
+def task_structures(
+    task: Task | str,
+    data_root: str | os.PathLike[str] | None = None,
+    *,
+    allow_sample: bool = True,
+) -> dict[str, Any]:
+    """The readable structures of a task by row id (no symmetry search: fast), for matching
+    crystals across tasks."""
+    task = get_task(task) if isinstance(task, str) else task
+    resolved = resolve_files(task, data_root, allow_sample=allow_sample)
+    reader = READERS[task.reader]
+    return {
+        row.id: row.record.structure
+        for role in _data_roles(task.splits)
+        for row in reader(resolved.paths[role], task, resolved.paths)
+        if row.record.structure is not None
+    }
+
+
 def _data_roles(splits: Splits) -> list[str]:
     if isinstance(splits, GivenSplits):
         return list(splits.files())

@@ -580,6 +580,61 @@ def test_predict_refuses_a_pretrained_package(tiny_pretrained: Path) -> None:
         load_predictor(tiny_pretrained)
 
 
+def test_the_same_crystal_under_another_scope_string_is_excluded_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A material relaxed twice (Materials Project, phonondb) can be read as two space groups;
+    # its SCOPE strings then differ, but it is still the benchmark's material.
+    from pymatgen.io.cif import CifWriter
+
+    from train.finetune import tasks as tasks_module
+    from train.finetune.loading import encode_structure, task_structures
+
+    structures = list(task_structures("matbench_dielectric", NO_ROOT).values())
+
+    def shaken(structure):
+        moved = structure.copy()
+        moved.translate_sites([0], [0.04, 0.0, 0.0], frac_coords=False)
+        return moved
+
+    same = next(s for s in structures if encode_structure(shaken(s)) != encode_structure(s))
+    formulas = {s.composition.reduced_formula for s in structures}
+    other = next(
+        s
+        for s in task_structures("aflow_debye_temperature", NO_ROOT).values()
+        if s.composition.reduced_formula not in formulas
+    )
+    rows = [
+        {"id": name, "cif": str(CifWriter(structure)), "y": "1.0"}
+        for name, structure in (("as-is", same), ("shaken", shaken(same)), ("other", other))
+    ]
+    for split in ("train", "test"):
+        path = tmp_path / f"t/{split}.csv"
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["id", "cif", "y"])
+            writer.writeheader()
+            writer.writerows(rows if split == "train" else [{**rows[2], "id": "other-test"}])
+    task = tasks_module.Task(
+        name="tmp_relaxed", target="y", splits=GivenSplits(train="t/train.csv", test="t/test.csv")
+    )
+    monkeypatch.setitem(tasks_module.TASKS, task.name, task)
+    data = load_task(task, tmp_path)
+    config = _config(
+        tmp_path,
+        tmp_path,
+        task=task.name,
+        data_root=str(tmp_path),
+        exclude_tasks=["matbench_dielectric"],
+    )
+    blocked = FT.blocked_rows(data, config, "cloud")
+    assert set(blocked) == {"as-is", "shaken"}  # "other" is trained on
+    assert data.examples["shaken"].scope not in {
+        e.scope for e in load_task("matbench_dielectric", NO_ROOT).examples.values()
+    }
+    assert blocked["shaken"] == "excluded: the same crystal as a structure of matbench_dielectric"
+
+
 def test_rows_of_an_excluded_task_are_never_trained_on(tmp_path: Path) -> None:
     # The intermediate-stage guard: a property set fine-tuned before a benchmark must not
     # train on the benchmark's structures. Here the task excludes itself, so every row with
