@@ -3,7 +3,9 @@
     python models/make_package.py PACKAGE --name NAME --commands FILE \
         [--finetune RUN_DIR ...]
 
-PACKAGE is what ``cloud export`` wrote from the pre-training run. The shipped package is the
+PACKAGE is what ``cloud export`` wrote from the pre-training run, or the ``model/`` of a
+``cloud finetune`` run (an encoder taken through an intermediate supervised stage; its
+provenance then says which). The shipped package is the
 same model and tokenizer re-saved with ``cloud.export.save_pretrained`` (so SHA256SUMS covers
 every file) with ``metadata["provenance"]``: the commands that made it (FILE, verbatim), and
 for each fine-tuning run its task, folds, scores of the model and of every baseline. The same
@@ -40,6 +42,22 @@ def finetune_figures(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def stage_lines(stage: dict[str, Any] | None) -> list[str]:
+    """The intermediate supervised stage a fine-tuned package went through, if any."""
+    if not stage:
+        return []
+    config = stage.get("config", {})
+    scores = stage.get("test_scores", {})
+    return [
+        f"- then fine-tuned on `{stage['task']}` ({stage['target']}, {stage['unit']}): "
+        f"{stage['n_train']:,} training rows, best epoch {stage['best_epoch']} of "
+        f"{config.get('epochs')}, test MAE {scores.get('mae', float('nan')):.4g} on its held-out "
+        f"part; every structure of {', '.join(config.get('exclude_tasks', [])) or 'no task'} "
+        "kept out of that stage (same SCOPE string or the same crystal by StructureMatcher)",
+        "- the head predicts that property (`cloud predict`); `cloud finetune` replaces it",
+    ]
+
+
 def provenance_markdown(name: str, metadata: dict[str, Any], commands: str) -> str:
     training = metadata.get("training") or {}
     data = metadata.get("training_data") or {}
@@ -53,6 +71,7 @@ def provenance_markdown(name: str, metadata: dict[str, Any], commands: str) -> s
         f"- corpus: {data.get('num_samples'):,} unique `{data.get('variant')}` SCOPE strings "
         f"from {', '.join(data.get('sources', []))}",
         f"- kept out of the corpus: {json.dumps(data.get('excluded'))}",
+        *stage_lines(metadata.get("finetune")),
         "",
         "## Fine-tuning figures (mean ± std over folds)",
         "",
