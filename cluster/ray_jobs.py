@@ -15,6 +15,7 @@ import argparse
 import os
 import re
 import shlex
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -121,15 +122,36 @@ def follow_command(address: str, job_id: str) -> str:
 
 
 def wait_for_nodes(
-    address: str, count: int, *, timeout: float = 600.0, poll_interval: float = 2.0
+    address: str,
+    count: int,
+    *,
+    timeout: float = 600.0,
+    poll_interval: float = 2.0,
+    watch_pids: Sequence[int] = (),
 ) -> int:
     """Block until the Ray cluster at ``address`` (GCS ``host:port``) has ``count`` live
-    nodes; returns how many it has. Raises ``TimeoutError`` naming the shortfall."""
+    nodes; returns how many it has. Raises ``TimeoutError`` naming the shortfall, and
+    ``ChildProcessError`` as soon as one of ``watch_pids`` (the steps running ``ray start``)
+    has ended: a head that failed to start is reported at once, not after ``timeout``."""
     import ray
 
     deadline = time.monotonic() + timeout
+
+    def check_steps() -> None:
+        ended = [pid for pid in watch_pids if process_ended(pid)]
+        if ended:
+            raise ChildProcessError(
+                f"the Ray step (pid {', '.join(map(str, ended))}) ended before the cluster at "
+                f"{address} had {count} nodes; its error is in the job's output above"
+            )
+
     while True:
+        check_steps()
         try:
+            # A plain connect first: ray.init blocks ~35 s in C++ on a port nobody answers,
+            # deaf to SIGTERM (scancel) and to the watched steps meanwhile.
+            if not gcs_port_open(address):
+                raise ConnectionError(address)
             ray.init(address=address, log_to_driver=False, logging_level="warning")
             break
         except ConnectionError:
@@ -143,6 +165,7 @@ def wait_for_nodes(
             alive = sum(1 for node in ray.nodes() if node.get("Alive"))
             if alive >= count:
                 return alive
+            check_steps()
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"Ray cluster at {address} has {alive} of {count} nodes after {timeout:.0f} s"
@@ -152,6 +175,31 @@ def wait_for_nodes(
         ray.shutdown()
 
 
+def gcs_port_open(address: str, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at ``host:port``."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie (ended, not yet reaped by its parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # someone else's process: alive
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.ray_jobs")
     actions = parser.add_subparsers(dest="action", required=True)
@@ -159,10 +207,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     wait.add_argument("address", help="GCS address host:port")
     wait.add_argument("count", type=int)
     wait.add_argument("--timeout", type=float, default=600.0)
+    wait.add_argument(
+        "--watch-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="stop waiting as soon as this process (a `ray start` step) has ended",
+    )
     args = parser.parse_args(argv)
     try:
-        alive = wait_for_nodes(args.address, args.count, timeout=args.timeout)
-    except TimeoutError as exc:
+        alive = wait_for_nodes(
+            args.address, args.count, timeout=args.timeout, watch_pids=args.watch_pid
+        )
+    except (TimeoutError, ChildProcessError) as exc:
         print(f"cluster.ray_jobs: {exc}", file=sys.stderr)
         return 1
     print(f"Ray cluster at {args.address}: {alive} nodes", file=sys.stderr)

@@ -584,10 +584,15 @@ def test_corpus_build_script_starts_ray_across_nodes(fake_cluster: FakeCluster) 
     waits = [
         json.loads(line) for line in (fake_cluster.record / "python.log").read_text().splitlines()
     ]
-    assert waits == [
-        ["-m", "cluster.ray_jobs", "wait-for-nodes", head, "1", "--timeout", "600"],
-        ["-m", "cluster.ray_jobs", "wait-for-nodes", head, "2", "--timeout", "600"],
+    wait = ["-m", "cluster.ray_jobs", "wait-for-nodes", head]
+    assert [w[:7] for w in waits] == [
+        [*wait, "1", "--timeout", "600"],
+        [*wait, "2", "--timeout", "600"],
     ]
+    # The first wait watches the head's step, the second both steps (their pids).
+    assert [w[7::2] for w in waits] == [["--watch-pid"], ["--watch-pid", "--watch-pid"]]
+    head_pid = waits[0][8]
+    assert head_pid.isdigit() and waits[1][8] == head_pid and waits[1][10].isdigit()
     deadline = time.monotonic() + 20  # the EXIT trap stops both Ray nodes
     while len(list(fake_cluster.record.glob("ray-*.stopped"))) < 2:
         assert time.monotonic() < deadline, "Ray nodes were not stopped at the end"
@@ -779,6 +784,40 @@ def test_ray_job_runs_cloud_command_and_succeeds(
     logs = job_logs(local_ray_head.dashboard, job_id)
     assert status == "SUCCEEDED", logs
     assert NACL_SCOPE in logs.splitlines()
+
+
+def test_waiting_for_ray_nodes_stops_as_soon_as_a_ray_step_has_ended(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cluster.ray_jobs import main as ray_jobs_main
+    from cluster.ray_jobs import process_ended
+
+    reaped = subprocess.Popen(["true"])
+    reaped.wait()
+    zombie = subprocess.Popen(["true"])  # ended, not yet reaped
+    deadline = time.monotonic() + 10
+    while not process_ended(zombie.pid):
+        assert time.monotonic() < deadline, "the child never ended"
+        time.sleep(0.05)
+    assert not process_ended(os.getpid())
+    started = time.monotonic()
+    # Nothing listens on port 9: without the watch this would retry for the whole timeout.
+    for pid in (reaped.pid, zombie.pid):
+        argv = ["wait-for-nodes", "127.0.0.1:9", "1", "--timeout", "600", "--watch-pid", str(pid)]
+        assert ray_jobs_main(argv) == 1
+        assert f"the Ray step (pid {pid}) ended before the cluster" in capsys.readouterr().err
+    assert time.monotonic() - started < 5
+    zombie.wait()
+    # And scancel's SIGTERM ends the wait at once (ray.init, deaf to it, is not reached).
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "cluster.ray_jobs", "wait-for-nodes", "127.0.0.1:9", "1"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(3)
+    waiting.terminate()
+    assert waiting.wait(timeout=5) == -15
 
 
 @pytest.mark.slow
