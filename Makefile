@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format venv clean tools
+.PHONY: demo test test-fast test-readme lint format venv clean tools
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ test: $(STAMP) lint
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+# Every command block of the README on a fresh copy of the repository (tests/test_readme.py);
+# minutes of work, so outside `make test`'s 20-minute budget; CI runs it after `make test`.
+test-readme: $(STAMP)
+	$(BIN)/python -m pytest -m readme tests/test_readme.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
