@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -68,3 +69,46 @@ def test_fine_tune_and_predict_with_the_shipped_model_without_shared_data(
     assert len(rows) == 300
     values = [float(r["prediction"]) for r in rows]
     assert all(v == pytest.approx(v) for v in values)  # finite numbers, not NaN
+
+
+STAGED = REPO / "models" / "cloud-tiny-canonical-el-phonondb"
+STAGED_WEIGHTS_SHA256 = "70f2ffbb1134ad5f5448b77b8b5d41a0ad0ba9dff3ba1bbc5236a3f6bb30ba30"
+
+
+def test_the_staged_package_is_intact_and_says_what_it_was_trained_on() -> None:
+    digest = hashlib.sha256((STAGED / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == STAGED_WEIGHTS_SHA256
+    package = load_pretrained(STAGED)
+    stage = package.metadata["finetune"]
+    assert stage["task"] == "phonondb_max_frequency" and stage["unit"] == "cm⁻¹"
+    assert stage["config"]["exclude_tasks"] == ["matbench_phonons"]
+    assert package.metadata["training_data"]["variant"] == "canonical"
+    (run,) = package.metadata["provenance"]["finetune"]
+    assert run["task"] == "matbench_phonons" and not run["is_sample"]
+    assert set(run["baselines"]) == {"random_init", "classical"}
+    provenance = (STAGED / "PROVENANCE.md").read_text()
+    assert "then fine-tuned on `phonondb_max_frequency`" in provenance
+    assert sum(p.stat().st_size for p in STAGED.iterdir()) < 25 * 1024 * 1024
+
+
+def test_the_staged_package_predicts_the_highest_phonon_frequency_and_fine_tunes(
+    tmp_path: Path,
+) -> None:
+    predictions = tmp_path / "predictions.csv"
+    sample = REPO / "data/matbench/matbench_phonons_sample.json.gz"
+    assert main(f"predict --checkpoint {STAGED} --input {sample} --out {predictions}".split()) == 0
+    with predictions.open() as handle:
+        values = [float(row["prediction"]) for row in csv.DictReader(handle)]
+    with gzip.open(sample, "rt") as handle:
+        truth = [record["last phdos peak"] for record in json.load(handle)]
+    # The head of the stage predicts phonondb's highest frequency, which the last DOS peak
+    # sits just below: the two agree to a few tens of cm⁻¹ on the sample.
+    errors = sorted(abs(v - t) for v, t in zip(values, truth, strict=True))
+    assert errors[len(errors) // 2] < 100
+    out = tmp_path / "ft"
+    command = (
+        f"finetune --checkpoint {STAGED} --task matbench_phonons --folds 0 --out {out} "
+        f"data_root={NO_ROOT} epochs=1 baselines=[] threads=1"
+    )
+    assert main(command.split()) == 0
+    assert json.loads((out / "summary.json").read_text())["is_sample"] is True

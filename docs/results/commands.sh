@@ -42,3 +42,34 @@ cloud finetune --checkpoint runs/pkg-can-el-6000 --task matbench_phonons \
 python models/make_package.py runs/pkg-can-el-6000 --name cloud-tiny-canonical-el \
     --commands docs/results/commands.sh \
     --finetune runs/final/phonons-can-el runs/final/dielectric-can-el
+
+# 5. The intermediate supervised stage before matbench_phonons (docs/results.md, "An
+#    intermediate supervised stage"): phonondb's highest phonon frequency on 10,034 MP
+#    materials, every matbench_phonons structure kept out (the same SCOPE string, or the
+#    same crystal by StructureMatcher: 1,097 materials). About 20 + 25 CPU-minutes.
+cloud finetune --checkpoint models/cloud-tiny-canonical-el --task phonondb_max_frequency \
+    --config configs/finetune/matbench.yaml --out runs/final/stage-phonondb \
+    epochs=15 'baselines=[classical]' 'exclude_tasks=[matbench_phonons]'
+cloud finetune --checkpoint runs/final/stage-phonondb/model --task matbench_phonons \
+    --config configs/finetune/matbench.yaml --out runs/final/phonons-staged
+# the ablation: the same stage from a random initialisation (no masked-LM pre-training)
+python -c "
+import torch
+from cloud import CloudForMaskedLM, family
+from cloud.export import save_pretrained
+from tokenizer import ScopeTokenizer
+torch.manual_seed(0); tok = ScopeTokenizer()
+model = CloudForMaskedLM(family('tiny', vocab_size=tok.vocab_size, max_position_embeddings=128,
+                                token_features='elements-v1'))
+save_pretrained(model, tok, 'runs/pkg-tiny-random-elements-v1',
+                metadata={'training_data': {'variant': 'canonical'}})"
+cloud finetune --checkpoint runs/pkg-tiny-random-elements-v1 --task phonondb_max_frequency \
+    --config configs/finetune/matbench.yaml --out runs/final/stage-phonondb-random \
+    epochs=15 'baselines=[]' 'exclude_tasks=[matbench_phonons]'
+cloud finetune --checkpoint runs/final/stage-phonondb-random/model --task matbench_phonons \
+    --config configs/finetune/matbench.yaml --out runs/final/phonons-staged-random 'baselines=[]'
+
+# 6. The shipped staged package (the encoder after the phonondb stage, its head included).
+python models/make_package.py runs/final/stage-phonondb/model \
+    --name cloud-tiny-canonical-el-phonondb --commands docs/results/commands.sh \
+    --finetune runs/final/phonons-staged
