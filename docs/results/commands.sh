@@ -73,3 +73,7 @@ cloud finetune --checkpoint runs/final/stage-phonondb-random/model --task matben
 python models/make_package.py runs/final/stage-phonondb/model \
     --name cloud-tiny-canonical-el-phonondb --commands docs/results/commands.sh \
     --finetune runs/final/phonons-staged
+
+# 7. The check that found the crystals string equality let into the first stage (writes
+#    docs/results/matbench_phonons/leaked_crystals.json; scores runs on those rows).
+python docs/results/leaked_crystals.py runs/final/phonons-staged

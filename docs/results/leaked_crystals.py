@@ -1,0 +1,71 @@
+"""Which matbench_phonons rows a stage that excluded by SCOPE string alone still saw, and the
+test error on them: writes docs/results/matbench_phonons/leaked_crystals.json.
+
+    python docs/results/leaked_crystals.py RUN_DIR [RUN_DIR ...]
+
+A phonondb material is "leaked" when its canonical SCOPE string is no matbench_phonons string
+but StructureMatcher (default tolerances) finds it the same crystal as a matbench_phonons
+structure of the same reduced formula: what `exclude_tasks` now also blocks. Each RUN_DIR is
+a `cloud finetune --task matbench_phonons` output; its results.json.gz is scored on the
+leaked rows and on the others.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from pymatgen.analysis.structure_matcher import StructureMatcher
+
+from train.finetune.loading import load_task, task_structures
+
+OUT = Path(__file__).parent / "matbench_phonons" / "leaked_crystals.json"
+
+
+def leaked_rows() -> dict[str, str]:
+    """mb-id → phonondb mp-id of the crystals string equality let through."""
+    benchmark = load_task("matbench_phonons", variant="canonical")
+    stage = load_task("phonondb_max_frequency", variant="canonical")
+    strings = {e.scope for e in benchmark.examples.values()}
+    theirs = task_structures("matbench_phonons")
+    mine = task_structures("phonondb_max_frequency")
+    by_formula: dict[str, list[str]] = {}
+    for mb_id, structure in theirs.items():
+        by_formula.setdefault(structure.composition.reduced_formula, []).append(mb_id)
+    matcher = StructureMatcher()
+    pairs = {}
+    for mp_id, example in stage.examples.items():
+        if example.scope in strings or mp_id not in mine:
+            continue
+        for mb_id in by_formula.get(mine[mp_id].composition.reduced_formula, []):
+            if matcher.fit(mine[mp_id], theirs[mb_id]):
+                pairs[mb_id] = mp_id
+    return dict(sorted(pairs.items()))
+
+
+def errors(run_dir: Path, rows: set[str]) -> tuple[float, float]:
+    """Test MAE of a run on ``rows`` and on every other row."""
+    with gzip.open(run_dir / "results.json.gz", "rt") as handle:
+        folds = json.load(handle)["tasks"]["matbench_phonons"]["results"]
+    truth = {i: e.target for i, e in load_task("matbench_phonons").examples.items()}
+    predicted = {k: v for fold in folds.values() for k, v in fold["data"].items()}
+    inside = [abs(predicted[k] - truth[k]) for k in predicted if k in rows]
+    outside = [abs(predicted[k] - truth[k]) for k in predicted if k not in rows]
+    return sum(inside) / len(inside), sum(outside) / len(outside)
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")  # pymatgen's electronegativity warnings for noble gases
+    pairs = leaked_rows()
+    OUT.write_text(json.dumps(pairs, indent=0) + "\n")
+    print(f"{len(pairs)} matbench_phonons rows are phonondb crystals under another string")
+    for run in sys.argv[1:]:
+        leaked, other = errors(Path(run), set(pairs))
+        print(f"{run}: leaked rows MAE {leaked:.1f}, other rows {other:.1f}")
+
+
+if __name__ == "__main__":
+    main()
