@@ -40,7 +40,7 @@ format: $(STAMP)
 
 # System tools some tests use, from Debian's packages: shellcheck lints the generated Slurm
 # scripts, headless Chromium renders the demo report, and MUNGE + slurmctld + slurmd +
-# slurm-client run a one-node Slurm on loopback (tests/slurm_cluster.py) for the real
+# slurm-client run a one-node Slurm on loopback (tests/cluster/slurm_cluster.py) for the real
 # submission tests; the tests write their own slurm.conf and MUNGE key and use none of the
 # packages' services. Installing needs apt-get as root and a network; elsewhere this only
 # warns, and those tests skip saying why. The daemons live in /usr/sbin, hence the PATH.

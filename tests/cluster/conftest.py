@@ -1,4 +1,5 @@
-"""Fixtures of the readers tests: real structures from ../shared/data."""
+"""Fixtures of the cluster tests: real structures from ../shared/data for the readers, and a
+real one-node Slurm for the submission tests."""
 
 from __future__ import annotations
 
@@ -27,3 +28,21 @@ def real_structures(corpus_dicts: list[dict]) -> list[Structure]:
     for record in corpus_dicts:
         picked.setdefault(len(record["structure"]["sites"]), record["structure"])
     return [Structure.from_dict(d) for d in list(picked.values())[:6]]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real one-node Slurm (munged, slurmctld, slurmd) on 127.0.0.1 for the session, torn
+    down at its end (tests/cluster/slurm_cluster.py); skips saying why where the programs are missing
+    or the daemons do not start."""
+    from tests.cluster import slurm_cluster as slurm
+
+    reason = slurm.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        cluster = slurm.start_cluster(tmp_path_factory.mktemp("slurm"))
+    except slurm.SlurmStartError as exc:
+        pytest.skip(f"the Slurm daemons did not start here: {exc}")
+    yield cluster
+    cluster.stop()

@@ -1,6 +1,6 @@
 """`cloud submit slurm` under a real Slurm: jobs run by slurmctld and slurmd, not fakes.
 
-The ``slurm_cluster`` fixture (tests/conftest.py, tests/slurm_cluster.py) starts munged,
+The ``slurm_cluster`` fixture (tests/cluster/conftest.py, tests/cluster/slurm_cluster.py) starts munged,
 slurmctld and slurmd for the session: one node, two CPUs, on 127.0.0.1 only. Each test
 submits with the real command line, ``cloud submit slurm ... -- <cloud command>``, which
 writes the sbatch script and runs the real ``sbatch``; the job then runs the generated script

@@ -6,6 +6,8 @@ tests/cluster/test_corpus.py.)"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from train.cli import main
@@ -48,6 +50,22 @@ MISUSES = [
     ("submit slurm --nodes 0 --dry-run -- pretrain", "--nodes must be at least 1, got 0"),
     ("submit slurm --dry-run", "no JOB given"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _as_a_fresh_process():
+    """Each command as if in its own process: `cloud pretrain` run in-process sets RANK and
+    the other launcher variables and starts a one-process group before it reads the corpus;
+    left behind, they would make later tests look like launched workers."""
+    import torch.distributed as dist
+
+    saved = dict(os.environ)
+    had_group = dist.is_available() and dist.is_initialized()
+    yield
+    if not had_group and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.mark.parametrize(("line", "message"), MISUSES, ids=[m[0][:60] for m in MISUSES])
