@@ -73,3 +73,14 @@ def sample_corpus(tmp_path_factory: pytest.TempPathFactory, ray_session) -> Path
         progress=False,
     )
     return out
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Every test leaves os.environ as it found it: an in-process `cloud pretrain` or
+    `run_pretraining` sets RANK, WORLD_SIZE and the socket interfaces, which would make a
+    later test's `cloud pretrain --nproc-per-node N` child look like a launched worker."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
