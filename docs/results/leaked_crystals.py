@@ -18,9 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from pymatgen.analysis.structure_matcher import StructureMatcher
-
-from train.finetune.loading import load_task, task_structures
+from train.finetune.loading import load_task, same_crystals, task_structures
 
 OUT = Path(__file__).parent / "matbench_phonons" / "leaked_crystals.json"
 
@@ -32,17 +30,8 @@ def leaked_rows() -> dict[str, str]:
     strings = {e.scope for e in benchmark.examples.values()}
     theirs = task_structures("matbench_phonons")
     mine = task_structures("phonondb_max_frequency")
-    by_formula: dict[str, list[str]] = {}
-    for mb_id, structure in theirs.items():
-        by_formula.setdefault(structure.composition.reduced_formula, []).append(mb_id)
-    matcher = StructureMatcher()
-    pairs = {}
-    for mp_id, example in stage.examples.items():
-        if example.scope in strings or mp_id not in mine:
-            continue
-        for mb_id in by_formula.get(mine[mp_id].composition.reduced_formula, []):
-            if matcher.fit(mine[mp_id], theirs[mb_id]):
-                pairs[mb_id] = mp_id
+    kept = {i: s for i, s in mine.items() if stage.examples[i].scope not in strings}
+    pairs = {mb_id: mp_id for mp_id, mb_id in same_crystals(kept, theirs)}
     return dict(sorted(pairs.items()))
 
 

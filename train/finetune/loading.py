@@ -100,6 +100,23 @@ def task_structures(
     }
 
 
+def same_crystals(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every (my id, their id) whose structures pymatgen's StructureMatcher (default
+    tolerances) finds the same crystal, compared within the same reduced formula only."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    by_formula: dict[str, list[str]] = {}
+    for their_id, structure in theirs.items():
+        by_formula.setdefault(structure.composition.reduced_formula, []).append(their_id)
+    matcher = StructureMatcher()
+    return [
+        (my_id, their_id)
+        for my_id, structure in mine.items()
+        for their_id in by_formula.get(structure.composition.reduced_formula, [])
+        if matcher.fit(structure, theirs[their_id])
+    ]
+
+
 def _data_roles(splits: Splits) -> list[str]:
     if isinstance(splits, GivenSplits):
         return list(splits.files())

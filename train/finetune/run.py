@@ -17,7 +17,7 @@ import yaml
 
 from train.common.packages import checkpoint_variant
 from train.finetune.config import FinetuneConfig
-from train.finetune.loading import load_task, task_structures
+from train.finetune.loading import load_task, same_crystals, task_structures
 from train.finetune.report import REPORT_FILE, _fold_line, parity_plot, render_report
 from train.finetune.results import RESULTS_FILE, SUMMARY_FILE, summarise, write_results
 from train.finetune.tasks import Task, TaskData, get_task
@@ -124,13 +124,10 @@ def _run_finetune(
 def blocked_rows(data: TaskData, config: FinetuneConfig, variant: str) -> dict[str, str]:
     """Rows of ``data`` that are a structure of ``config.exclude_tasks``: the same SCOPE
     string, or the same crystal by pymatgen's StructureMatcher (default tolerances) among
-    the structures of the same reduced formula. The second test catches a material whose
-    two relaxations (e.g. Materials Project's and phonondb's) the symmetry search reads as
-    different space groups."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
+    the structures of the same reduced formula (``same_crystals``). The second test catches
+    a material whose two relaxations (e.g. Materials Project's and phonondb's) the symmetry
+    search reads as different space groups."""
     blocked: dict[str, str] = {}
-    matcher = StructureMatcher()
     mine = None
     for name in config.exclude_tasks:
         other = load_task(name, config.data_root, variant=variant, allow_sample=config.allow_sample)
@@ -138,25 +135,13 @@ def blocked_rows(data: TaskData, config: FinetuneConfig, variant: str) -> dict[s
         for example in data.examples.values():
             if example.scope in scopes and example.id not in blocked:
                 blocked[example.id] = f"excluded: its SCOPE string is a structure of {name}"
-        theirs = _by_formula(
-            task_structures(name, config.data_root, allow_sample=config.allow_sample)
-        )
         if mine is None:
             mine = task_structures(data.task, config.data_root, allow_sample=config.allow_sample)
-        for row_id, structure in mine.items():
-            candidates = theirs.get(structure.composition.reduced_formula, [])
-            if row_id in blocked or not candidates:
-                continue
-            if any(matcher.fit(structure, candidate) for candidate in candidates):
-                blocked[row_id] = f"excluded: the same crystal as a structure of {name}"
+        theirs = task_structures(name, config.data_root, allow_sample=config.allow_sample)
+        unblocked = {i: s for i, s in mine.items() if i not in blocked}
+        for row_id, _ in same_crystals(unblocked, theirs):
+            blocked[row_id] = f"excluded: the same crystal as a structure of {name}"
     return blocked
-
-
-def _by_formula(structures: dict[str, Any]) -> dict[str, list[Any]]:
-    grouped: dict[str, list[Any]] = {}
-    for structure in structures.values():
-        grouped.setdefault(structure.composition.reduced_formula, []).append(structure)
-    return grouped
 
 
 def _run_fold(
