@@ -80,13 +80,32 @@ def bind_loopback(env: MutableMapping[str, str], *, force: bool) -> None:
             env.setdefault(name, interface)
 
 
+_SINGLE_PROCESS_ADDED: set[str] = set()
+"""Names :func:`_set_single_process_env` added to ``os.environ`` (for :func:`forget_single_process_env`)."""
+
+
 def _set_single_process_env() -> None:
     """Environment of a 1-process group, so DeepSpeed runs without any launcher."""
+    before = set(os.environ)
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
     bind_loopback(os.environ, force=False)
+    _SINGLE_PROCESS_ADDED.update(set(os.environ) - before)
+
+
+def forget_single_process_env() -> None:
+    """Take back what a 1-process run added to ``os.environ`` (the group itself is kept).
+
+    Left behind, ``RANK=0`` and ``LOCAL_WORLD_SIZE=1`` would make every process this one
+    starts afterwards (a ``cloud pretrain --nproc-per-node 2``, a torchrun) look like a
+    worker of a launch that already chose its processes. A later in-process run sets them
+    again.
+    """
+    for name in _SINGLE_PROCESS_ADDED:
+        os.environ.pop(name, None)
+    _SINGLE_PROCESS_ADDED.clear()
 
 
 def select_accelerator() -> None:

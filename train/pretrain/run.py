@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from train import checkpoint as ckpt
+from train.distributed import forget_single_process_env
 from train.pretrain.config import SUMMARY_FILE, PretrainConfig, load_config
 from train.pretrain.trainer import Trainer
 
@@ -23,8 +24,9 @@ def run_pretraining(config: PretrainConfig, *, resume: bool = False) -> dict[str
     """Train as ``config`` says and return the summary (every rank gets it).
 
     Works under a launcher or single-process (a 1-process gloo/nccl group is created and kept
-    for later calls). The caller's global RNG states are restored afterwards, and the engine
-    is released, so repeated calls in one process are independent.
+    for later calls; the launcher variables it set are taken back from ``os.environ``). The
+    caller's global RNG states are restored afterwards, and the engine is released, so
+    repeated calls in one process are independent.
     """
     caller_rng = ckpt.rng_state()
     trainer: Trainer | None = None
@@ -36,6 +38,7 @@ def run_pretraining(config: PretrainConfig, *, resume: bool = False) -> dict[str
         if trainer is not None:
             trainer.release()
         del trainer
+        forget_single_process_env()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

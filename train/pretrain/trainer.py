@@ -59,6 +59,11 @@ class Trainer(TrainerCheckpoints):
     """DeepSpeed MLM trainer: small stateful steps, driven by :meth:`fit`."""
 
     def __init__(self, config: PretrainConfig, *, resume: bool = False) -> None:
+        from train.data import read_manifest
+
+        # Before any process group or launcher variable: a run without a corpus is refused
+        # as cheaply as a bad config key.
+        read_manifest(config.data.corpus)
         self.config = config
         self.resume = resume
         self.dist: DistInfo = init_distributed(

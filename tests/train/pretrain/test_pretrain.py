@@ -403,25 +403,30 @@ def test_zero_stage_two_processes(stage: int, sample_corpus: Path, tmp_path: Pat
 
 
 SWEEP_SCRIPT = """
-import json, sys
+import json, os, sys
 from train.pretrain import load_config, run_pretraining
+LAUNCHER = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GLOO_SOCKET_IFNAME")
 config_path, out, *common = sys.argv[1:]
 first = run_pretraining(load_config(config_path, [*common, "train.max_steps=300"]))
+left = [name for name in LAUNCHER if name in os.environ]
 second = run_pretraining(load_config(config_path, [
     *common, "run_dir=" + out + "/second", "model.flavour=tiny", "system.zero_stage=0",
     "train.max_steps=3", "train.eval_interval=0", "checkpoint.save_final=false",
 ]))
+left += [name for name in LAUNCHER if name in os.environ]
 with open(out + "/summaries.json", "w") as handle:
-    json.dump([first, second], handle)
+    json.dump([first, second, left], handle)
 """
 
 
 @pytest.mark.slow
 def test_single_process_function_api_learns(sample_corpus: Path, tmp_path: Path) -> None:
     """run_pretraining without a launcher, twice in one process (as the scaling sweep may),
-    on real SCOPE data: the validation loss falls far below its ln(vocab) start."""
+    on real SCOPE data: the validation loss falls far below its ln(vocab) start; neither run
+    leaves launcher variables behind (a later child would take itself for a launched worker)."""
     run_dir = tmp_path / "first"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GLOO_SOCKET_IFNAME")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
     subprocess.run(
         [
             sys.executable,
@@ -438,7 +443,8 @@ def test_single_process_function_api_learns(sample_corpus: Path, tmp_path: Path)
         env={**env, "DS_ACCELERATOR": "cpu"},
         timeout=600,
     )
-    first, second = json.loads((tmp_path / "summaries.json").read_text())
+    first, second, left_behind = json.loads((tmp_path / "summaries.json").read_text())
+    assert left_behind == []
     from tokenizer import ScopeTokenizer
 
     ln_vocab = math.log(ScopeTokenizer().vocab_size)
