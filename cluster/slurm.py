@@ -1,14 +1,17 @@
-"""sbatch scripts for `cloud` jobs: torchrun per node, a Ray cluster per allocation, requeue.
+"""sbatch scripts for `cloud` jobs: a launcher per node, a Ray cluster per allocation, requeue.
 
 ``render_sbatch`` turns a ``cloud`` command line (``["pretrain", "--config", ...]``) into a
 bash script for ``sbatch``, in one of three shapes chosen by the command:
 
-* training (``pretrain``, ``scaling sweep``, ``finetune``, ``debye``): one ``torchrun`` per
-  node through ``srun --ntasks-per-node=1``; the first host of ``SLURM_JOB_NODELIST`` is the
-  rendezvous master, on a port derived from the job id (:func:`master_port`) so every node
-  agrees without talking; ``SLURM_NODEID`` is the node rank and torchrun numbers the local
-  ranks. On a requeue (``SLURM_RESTART_COUNT`` > 0) ``--resume`` is appended, so the run
-  continues from its latest checkpoint.
+* training (``pretrain``, ``scaling sweep``, ``finetune``, ``debye``): one
+  ``python -m train.launcher`` per node through ``srun --ntasks-per-node=1``; the first host
+  of ``SLURM_JOB_NODELIST`` hosts the rendezvous store, on its ``NodeAddr`` only (the
+  address Slurm itself reaches it by) and a port derived from the job id
+  (:func:`master_port`), so every node agrees without talking; ``SLURM_NODEID`` is the node
+  rank and the launcher numbers the local ranks. A one-node job rendezvouses through a
+  private file and listens on nothing beyond loopback. On a requeue
+  (``SLURM_RESTART_COUNT`` > 0) ``--resume`` is appended, so the run continues from its
+  latest checkpoint.
 * corpus builds (``corpus build``): a Ray head on the first node and one Ray worker on each
   other node (srun), a wait until all have joined, then the build with ``--ray-address``.
   Ray's workers get ports 10002-14999, below every job's head port.
@@ -39,7 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-TORCHRUN_COMMANDS: tuple[tuple[str, ...], ...] = (
+TRAINING_COMMANDS: tuple[tuple[str, ...], ...] = (
     ("pretrain",),
     ("scaling", "sweep"),
     ("finetune",),
@@ -70,9 +73,9 @@ class SlurmResources:
 
     nodes: int = 1
     gpus_per_node: int = 0
-    """GPUs per node; torchrun starts this many workers per node (one on CPU-only nodes)."""
+    """GPUs per node; the launcher starts this many workers per node (one on CPU-only nodes)."""
     cpus_per_task: int | None = None
-    """CPUs of the one task per node (torchrun or a Ray node); None = the partition default."""
+    """CPUs of the one task per node (a launcher or a Ray node); None = the partition default."""
     partition: str | None = None
     time: str | None = None
     """Time limit in any sbatch form (``24:00:00``, ``2-00:00:00``)."""
@@ -104,13 +107,12 @@ class Executables:
     """Programs the script runs; each can be overridden when the job starts (see the script)."""
 
     cloud: str = "cloud"
-    torchrun: str = "torchrun"
     ray: str = "ray"
     python: str = "python3"
 
     @classmethod
     def beside_interpreter(cls) -> Executables:
-        """The ``cloud``, ``torchrun`` and ``ray`` of this environment (its bin directory),
+        """The ``cloud`` and ``ray`` of this environment (its bin directory) and its python,
         by absolute path, so the job runs the same installation on every node."""
         bin_dir = Path(sys.executable).parent
 
@@ -120,14 +122,14 @@ class Executables:
                 return str(candidate)
             return shutil.which(name) or name
 
-        return cls(find("cloud"), find("torchrun"), find("ray"), sys.executable)
+        return cls(find("cloud"), find("ray"), sys.executable)
 
 
 def launch_kind(job: Sequence[str]) -> str:
-    """``"torchrun"``, ``"ray"`` or ``"single"``: how ``cloud <job>`` is launched."""
+    """``"training"``, ``"ray"`` or ``"single"``: how ``cloud <job>`` is launched."""
     words = _command_words(job)
-    if any(words[: len(c)] == list(c) for c in TORCHRUN_COMMANDS):
-        return "torchrun"
+    if any(words[: len(c)] == list(c) for c in TRAINING_COMMANDS):
+        return "training"
     if any(words[: len(c)] == list(c) for c in RAY_COMMANDS):
         return "ray"
     return "single"
@@ -173,7 +175,7 @@ def render_sbatch(
             "and passes its address"
         )
     executables = executables or Executables.beside_interpreter()
-    body = {"torchrun": _torchrun_body, "ray": _ray_body, "single": _single_body}[kind]
+    body = {"training": _training_body, "ray": _ray_body, "single": _single_body}[kind]
     sections = [
         _directives(job, resources),
         _preamble(job, workdir, executables, kind),
@@ -226,17 +228,15 @@ def _preamble(job: list[str], workdir: str | os.PathLike, exe: Executables, kind
         f"# Launch: {kind}.",
         "set -euo pipefail",
         "",
-        "# Programs, overridable when the job starts (CLOUD_EXECUTABLE, CLOUD_TORCHRUN, CLOUD_RAY,",
-        "# CLOUD_PYTHON): defaults are the installation that generated this script.",
+        "# Programs, overridable when the job starts (CLOUD_EXECUTABLE, CLOUD_RAY, CLOUD_PYTHON):",
+        "# defaults are the installation that generated this script.",
         f"DEFAULT_CLOUD={shlex.quote(exe.cloud)}",
-        f"DEFAULT_TORCHRUN={shlex.quote(exe.torchrun)}",
         f"DEFAULT_RAY={shlex.quote(exe.ray)}",
         f"DEFAULT_PYTHON={shlex.quote(exe.python)}",
         'CLOUD=${CLOUD_EXECUTABLE:-"$DEFAULT_CLOUD"}',
-        'TORCHRUN=${CLOUD_TORCHRUN:-"$DEFAULT_TORCHRUN"}',
         'RAY=${CLOUD_RAY:-"$DEFAULT_RAY"}',
         'PYTHON=${CLOUD_PYTHON:-"$DEFAULT_PYTHON"}',
-        "export CLOUD TORCHRUN RAY PYTHON",
+        "export CLOUD RAY PYTHON",
         "",
         "# The command's arguments, each a single shell word: nothing in them is expanded.",
         "# shellcheck disable=SC2016  # literal on purpose, '$' included",
@@ -250,7 +250,7 @@ def _preamble(job: list[str], workdir: str | os.PathLike, exe: Executables, kind
 
 
 def _allocation() -> list[str]:
-    """The allocation's hosts and the job's port (torchrun and Ray launches)."""
+    """The allocation's hosts and the job's port (training and Ray launches)."""
     return [
         'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
         "if (( ${#NODES[@]} == 0 )); then",
@@ -306,7 +306,7 @@ def _wait_for_launcher() -> list[str]:
     ]
 
 
-def _torchrun_body(resources: SlurmResources) -> str:
+def _training_body(resources: SlurmResources) -> str:
     nproc = max(resources.gpus_per_node, 1)
     lines = [
         *_allocation(),
@@ -315,24 +315,29 @@ def _torchrun_body(resources: SlurmResources) -> str:
         f"    RESUME_ARGS=({RESUME_FLAG})",
         "fi",
         "",
-        "MASTER_ADDR=${NODES[0]}",
-        "MASTER_PORT=$PORT",
+        "# The rendezvous: node 0's launcher hosts the store on the address Slurm reaches that",
+        "# node by (its NodeAddr, the cluster's network) and on no other interface.",
+        'STORE_HOST=$(scontrol show node "${NODES[0]}" 2>/dev/null \\',
+        "    | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p' | head -n 1 || true)",
+        "STORE_HOST=${STORE_HOST:-${NODES[0]}}",
         f"NPROC_PER_NODE={nproc}",
-        "export MASTER_ADDR MASTER_PORT NNODES NPROC_PER_NODE",
+        "export STORE_HOST PORT NNODES NPROC_PER_NODE",
         "",
         "# NCCL: abort a collective whose peer died instead of hanging until the time limit.",
         "export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}",
         "export NCCL_ASYNC_ERROR_HANDLING=${NCCL_ASYNC_ERROR_HANDLING:-1}  # before torch 2.2",
         "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}",
-        "# InfiniBand / network: adapt to the cluster's fabric.",
+        "# InfiniBand / network: adapt to the cluster's fabric. gloo and NCCL bind the interface",
+        "# each node reaches STORE_HOST through unless these name another.",
         "# export NCCL_IB_DISABLE=0",
         "# export NCCL_IB_HCA=mlx5",
         "# export NCCL_IB_GID_INDEX=3",
-        "# export NCCL_SOCKET_IFNAME=ib0",
+        "# export NCCL_SOCKET_IFNAME=ib0 GLOO_SOCKET_IFNAME=ib0",
         "",
         "# Runs on each node (srun, one task per node): SLURM_NODEID is the node rank; with one",
-        "# task per node SLURM_PROCID equals it and SLURM_LOCALID is 0. torchrun starts",
-        "# NPROC_PER_NODE workers and gives them RANK, LOCAL_RANK and WORLD_SIZE.",
+        "# task per node SLURM_PROCID equals it and SLURM_LOCALID is 0. train.launcher starts",
+        "# NPROC_PER_NODE workers and gives them RANK, LOCAL_RANK and WORLD_SIZE; on one node",
+        "# they meet through a private file and nothing listens beyond loopback.",
         "# shellcheck disable=SC2016  # expanded on each node, by the bash that srun starts",
         "NODE_LAUNCHER='",
         'if [[ "${SLURM_LOCALID:-0}" != 0 || "${SLURM_PROCID:?}" != "${SLURM_NODEID:?}" ]]; then',
@@ -342,10 +347,9 @@ def _torchrun_body(resources: SlurmResources) -> str:
         "fi",
         "export NODE_RANK=$SLURM_NODEID",
         'echo "cloud job: node $NODE_RANK of $NNODES ($(hostname)), rendezvous'
-        + ' $MASTER_ADDR:$MASTER_PORT" >&2',
-        'exec "$TORCHRUN" --nnodes="$NNODES" --nproc-per-node="$NPROC_PER_NODE" \\',
-        '    --node-rank="$NODE_RANK" --master-addr="$MASTER_ADDR" \\',
-        '    --master-port="$MASTER_PORT" --no-python "$@"',
+        + ' $STORE_HOST:$PORT" >&2',
+        'exec "$PYTHON" -m train.launcher --nnodes="$NNODES" --nproc-per-node="$NPROC_PER_NODE" \\',
+        '    --node-rank="$NODE_RANK" --rendezvous="$STORE_HOST:$PORT" -- "$@"',
         "'",
         'srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \\',
         '    bash -c "$NODE_LAUNCHER" cloud-node "$CLOUD" "${JOB_ARGS[@]}" "${RESUME_ARGS[@]}" &',

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # What train.launcher gives each of its workers: ranks and a file rendezvous, no address.
 INIT_METHOD_ENV = "CLOUD_INIT_METHOD"
-"""Set by ``train.launcher``: the ``file://`` URL its workers rendezvous through."""
+"""Set by ``train.launcher``: where its workers rendezvous, a ``file://`` URL (one machine)
+or ``store://HOST:PORT`` (several nodes: the TCPStore node 0's launcher hosts there)."""
+STORE_SCHEME = "store://"
 LAUNCHER_PID_ENV = "CLOUD_LAUNCHER_PID"
 """Set by ``train.launcher``: its process id, so a worker stops when the launcher is gone."""
 WORKER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", INIT_METHOD_ENV)
@@ -64,20 +66,47 @@ def loopback_interface() -> str:
     return next((name for name in ("lo", "lo0") if name in names), "lo")
 
 
-def bind_loopback(env: MutableMapping[str, str], *, force: bool) -> None:
-    """Make gloo and NCCL bind their sockets to the loopback interface.
+def interface_towards(address: str) -> str:
+    """The name of the network interface this machine reaches ``address`` (an IP) through.
+
+    Asks the kernel's routing table (a UDP socket connected to the address sends nothing),
+    then finds the interface holding the local address it chose: on a cluster node, the one
+    the other nodes are reached by, whatever the machine's other interfaces are.
+    """
+    import psutil
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((address, 9))
+        except OSError as exc:
+            raise RuntimeError(f"no route from this machine to {address}: {exc}") from exc
+        local = probe.getsockname()[0]
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(entry.address.split("%")[0] == local for entry in addresses):
+            return name
+    raise RuntimeError(f"no network interface holds {local}, the address towards {address}")
+
+
+def bind_interface(env: MutableMapping[str, str], interface: str, *, force: bool) -> None:
+    """Make gloo and NCCL bind their sockets to ``interface``.
 
     gloo listens on the address the host name resolves to, which is a public one on most
     machines, even for a 1-process group; NCCL's bootstrap takes the first non-loopback
-    interface. ``force`` overrides what ``env`` already says (a launch on one machine needs
-    nothing else); otherwise a user's choice stands.
+    interface. ``force`` overrides what ``env`` already says; otherwise a user's choice
+    (e.g. ``NCCL_SOCKET_IFNAME=ib0`` on an InfiniBand cluster) stands.
     """
-    interface = loopback_interface()
     for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
         if force:
             env[name] = interface
         else:
             env.setdefault(name, interface)
+
+
+def bind_loopback(env: MutableMapping[str, str], *, force: bool) -> None:
+    """:func:`bind_interface` to the loopback interface: a launch on one machine needs
+    nothing else."""
+    bind_interface(env, loopback_interface(), force=force)
 
 
 _SINGLE_PROCESS_ADDED: set[str] = set()
@@ -123,12 +152,13 @@ def init_distributed(backend: str = "auto", log_level: str = "warning") -> DistI
     Three ways in:
 
     * a worker of ``train.launcher`` (``CLOUD_INIT_METHOD`` with ``RANK``, ``WORLD_SIZE``,
-      ``LOCAL_RANK``): the group spans the launched processes and rendezvouses through the
-      launcher's file (a FileStore, no socket); gloo/NCCL bind loopback as the launcher set
-      them, so nothing listens beyond 127.0.0.1. The worker stops if the launcher dies.
+      ``LOCAL_RANK``): the group spans the launched processes. On one machine it rendezvouses
+      through the launcher's file (a FileStore, no socket) and gloo/NCCL bind loopback as the
+      launcher set them, so nothing listens beyond 127.0.0.1; across nodes, through the
+      TCPStore node 0's launcher hosts on one address (``store://HOST:PORT``), with gloo/NCCL
+      on the interface towards it. The worker stops if its launcher dies.
     * under torchrun or the deepspeed launcher (``RANK`` ... ``MASTER_PORT``): ``env://``
-      through the launcher's TCPStore, which listens on every interface of the master node:
-      the way for several nodes.
+      through the launcher's TCPStore, which listens on every interface of the master node.
     * neither: a 1-process group over an in-memory store, gloo bound to loopback unless
       ``GLOO_SOCKET_IFNAME`` says otherwise.
 
@@ -161,7 +191,10 @@ def init_distributed(backend: str = "auto", log_level: str = "warning") -> DistI
         device = torch.device("cpu")
     dist_backend = None if backend == "auto" else backend
     if not torch.distributed.is_initialized():
-        if launched:
+        if launched and os.environ[INIT_METHOD_ENV].startswith(STORE_SCHEME):
+            _init_group_through_hosted_store(os.environ[INIT_METHOD_ENV], dist_backend)
+            stop_with_launcher()
+        elif launched:
             # DeepSpeed's own init (same timeout and CUDA device binding as under torchrun),
             # given the file rendezvous instead of env://.
             deepspeed.init_distributed(
@@ -186,18 +219,34 @@ def init_distributed(backend: str = "auto", log_level: str = "warning") -> DistI
     )
 
 
-def _init_single_process_group(backend: str | None) -> None:
-    """A 1-process group over a HashStore: env:// would start a TCPStore on every interface."""
+def _init_group_over(store: Any, rank: int, world_size: int, backend: str | None) -> None:
+    """The process group over ``store``, with DeepSpeed's backend and timeout."""
     from deepspeed.accelerator import get_accelerator
     from deepspeed.constants import default_pg_timeout
 
     torch.distributed.init_process_group(
         backend or get_accelerator().communication_backend_name(),
-        store=torch.distributed.HashStore(),
-        rank=0,
-        world_size=1,
+        store=store,
+        rank=rank,
+        world_size=world_size,
         timeout=default_pg_timeout,
     )
+
+
+def _init_single_process_group(backend: str | None) -> None:
+    """A 1-process group over a HashStore: env:// would start a TCPStore on every interface."""
+    _init_group_over(torch.distributed.HashStore(), 0, 1, backend)
+
+
+def _init_group_through_hosted_store(url: str, backend: str | None) -> None:
+    """Join the group through the TCPStore a multi-node ``train.launcher`` hosts at ``url``
+    (``store://HOST:PORT``), as a client: no worker listens for the rendezvous (``tcp://``
+    and ``env://`` would make rank 0 host a store on every interface)."""
+    from deepspeed.constants import default_pg_timeout
+
+    host, _, port = url.removeprefix(STORE_SCHEME).rpartition(":")
+    store = torch.distributed.TCPStore(host.strip("[]"), int(port), None, False, default_pg_timeout)
+    _init_group_over(store, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), backend)
 
 
 def stop_with_launcher(interval_s: float = 1.0) -> None:

@@ -4,7 +4,7 @@ The ``slurm_cluster`` fixture (tests/cluster/conftest.py, tests/cluster/slurm_cl
 slurmctld and slurmd for the session: one node, two CPUs, on 127.0.0.1 only. Each test
 submits with the real command line, ``cloud submit slurm ... -- <cloud command>``, which
 writes the sbatch script and runs the real ``sbatch``; the job then runs the generated script
-under slurmd, whose ``srun`` starts the Ray head or ``torchrun``. The tests wait on
+under slurmd, whose ``srun`` starts the Ray head or ``train.launcher``. The tests wait on
 ``scontrol show job`` (no accounting daemon, so no ``sacct``; ``MinJobAge`` keeps finished
 jobs listed) and check what the jobs wrote:
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -126,13 +127,35 @@ def slurm_corpus(slurm_cluster, tmp_path_factory: pytest.TempPathFactory) -> dic
     }
 
 
+def listeners_of_processes_naming(marker: str) -> set[str]:
+    """The listening TCP addresses (``ss -ltnpH``) of processes whose command line holds
+    ``marker``: a job's launcher and workers, found by its run directory."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    found = set()
+    for line in out.splitlines():
+        for pid in re.findall(r"pid=(\d+),", line):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if marker in command:
+                found.add(line.split()[3])
+    return found
+
+
 @pytest.fixture(scope="module")
 def straight_run(slurm_cluster, slurm_corpus: dict, tmp_path_factory: pytest.TempPathFactory):
-    """The pretraining job, uninterrupted."""
+    """The pretraining job, uninterrupted, its processes' listening sockets watched."""
     run_dir = tmp_path_factory.mktemp("slurm_straight") / "run"
     job_id, log = submit(slurm_cluster, run_dir, pretrain_job(slurm_corpus["out"], run_dir))
+    listeners: set[str] = set()
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while slurm_cluster.job(job_id)["JobState"] in {"PENDING", "RUNNING", "CONFIGURING"}:
+        if shutil.which("ss") and time.monotonic() < deadline:
+            listeners |= listeners_of_processes_naming(f"run_dir={run_dir}")
+        time.sleep(0.1)
     record = wait_completed(slurm_cluster, job_id, log)
-    return {"run_dir": run_dir, "record": record, "log": log}
+    return {"run_dir": run_dir, "record": record, "log": log, "listeners": listeners}
 
 
 def test_daemons_listen_on_loopback_only(slurm_cluster) -> None:
@@ -142,6 +165,16 @@ def test_daemons_listen_on_loopback_only(slurm_cluster) -> None:
     assert listening["slurmctld"] == [f"127.0.0.1:{slurm_cluster.ctld_port}"], listening
     assert listening["slurmd"] == [f"127.0.0.1:{slurm_cluster.slurmd_port}"], listening
     assert listening["munged"] == [], listening  # a Unix socket only
+
+
+def test_pretraining_job_listens_on_loopback_only(straight_run: dict) -> None:
+    """A one-node job's workers meet through a private file (no store) and run gloo over
+    loopback: every socket they listen on is on 127.0.0.1."""
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is not installed")
+    listeners = straight_run["listeners"]
+    assert listeners, "no listening socket of the job was seen (gloo's, at least)"
+    assert all(address.startswith("127.0.0.1:") for address in listeners), listeners
 
 
 def test_corpus_build_job_completes_and_balances(slurm_corpus: dict) -> None:

@@ -4,9 +4,9 @@ Slurm cannot run here, so its commands are small fakes on PATH that emulate an a
 ``srun`` runs its command once per simulated node (concurrently, with SLURM_NODEID,
 SLURM_PROCID, SLURM_LOCALID set), ``scontrol`` lists the hosts and records requeues,
 ``sbatch`` records the script. Everything else is real: the generated script runs under bash,
-real ``torchrun`` agents rendezvous with each other (the first simulated host is
-``localhost``), and the training command is a recorder (CLOUD_EXECUTABLE) that writes its
-argv and environment. The Ray test starts a real head node on loopback and runs a real job.
+a real ``train.launcher`` per simulated node starts the workers (the first simulated host is
+``localhost``, whose NodeAddr is 127.0.0.1: its launcher hosts the store there), and the
+training command is a recorder (CLOUD_EXECUTABLE) that writes its argv and environment. The Ray test starts a real head node on loopback and runs a real job.
 """
 
 from __future__ import annotations
@@ -117,6 +117,8 @@ import os, sys
 
 if sys.argv[1:3] == ["show", "hostnames"]:
     print("\n".join(sys.argv[3].split(",")))
+elif sys.argv[1:3] == ["show", "node"] and sys.argv[3] == "localhost":
+    print("NodeName=localhost Arch=x86_64 CoresPerSocket=1\n   NodeAddr=127.0.0.1 NodeHostName=localhost")
 elif sys.argv[1] == "requeue":
     with open(os.path.join(os.environ["FAKE_SLURM_RECORD"], "scontrol.log"), "a") as log:
         log.write(" ".join(sys.argv[1:]) + "\n")
@@ -141,7 +143,8 @@ import json, os, sys, time
 
 KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
         "MASTER_PORT", "NODE_RANK", "SLURM_NODEID", "SLURM_PROCID", "SLURM_LOCALID",
-        "SLURMD_NODENAME", "TORCH_NCCL_ASYNC_ERROR_HANDLING")
+        "SLURMD_NODENAME", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "CLOUD_INIT_METHOD",
+        "GLOO_SOCKET_IFNAME")
 record = os.environ["FAKE_SLURM_RECORD"]
 name = f"cloud-{os.environ.get('SLURMD_NODENAME', 'x')}-{os.environ.get('RANK', os.getpid())}"
 data = {"argv": sys.argv[1:], "cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in KEYS}}
@@ -293,11 +296,11 @@ def workdir_with_spaces(root: Path) -> Path:
 
 
 def test_launch_kinds() -> None:
-    assert launch_kind(["pretrain", "--config", "x.yaml"]) == "torchrun"
-    assert launch_kind(["scaling", "sweep", "--config", "s.yaml"]) == "torchrun"
+    assert launch_kind(["pretrain", "--config", "x.yaml"]) == "training"
+    assert launch_kind(["scaling", "sweep", "--config", "s.yaml"]) == "training"
     assert launch_kind(["scaling", "fit", "results.csv"]) == "single"
-    assert launch_kind(["finetune", "x"]) == "torchrun"
-    assert launch_kind(["debye", "train"]) == "torchrun"
+    assert launch_kind(["finetune", "x"]) == "training"
+    assert launch_kind(["debye", "train"]) == "training"
     assert launch_kind(["corpus", "build", "src", "--out", "o"]) == "ray"
     assert launch_kind(["corpus", "stats", "o"]) == "single"
     assert master_port(0) == master_port(PORT_SPAN) == 15000
@@ -330,7 +333,7 @@ def test_training_script_content(tmp_path: Path) -> None:
         "#SBATCH --signal=B:USR1@120",
         "set -euo pipefail",
         'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
-        "MASTER_ADDR=${NODES[0]}",
+        "STORE_HOST=${STORE_HOST:-${NODES[0]}}",
         "PORT=$(( 15000 + SLURM_JOB_ID % 15000 ))",
         "NPROC_PER_NODE=8",
         '    scontrol requeue "$SLURM_JOB_ID"',
@@ -343,7 +346,8 @@ def test_training_script_content(tmp_path: Path) -> None:
     ):
         assert line in script.splitlines(), line
     assert '--node-rank="$NODE_RANK"' in script and "export NODE_RANK=$SLURM_NODEID" in script
-    assert '--master-addr="$MASTER_ADDR"' in script and "--no-python" in script
+    assert '"$PYTHON" -m train.launcher' in script and '--rendezvous="$STORE_HOST:$PORT"' in script
+    assert "torchrun" not in script
     job_block = script.split("JOB_ARGS=(\n", 1)[1].split("\n)\n", 1)[0]
     assert job_block.splitlines() == [f"    {shlex.quote(token)}" for token in job]
 
@@ -485,13 +489,13 @@ def training_script(cluster: FakeCluster, gpus_per_node: int) -> tuple[Path, lis
     return script, job, workdir
 
 
-def test_two_node_training_script_runs_torchrun_per_node(fake_cluster: FakeCluster) -> None:
+def test_two_node_training_script_runs_a_launcher_per_node(fake_cluster: FakeCluster) -> None:
     script, job, workdir = training_script(fake_cluster, gpus_per_node=2)
     job_id = job_id_with_free_port()
     result = run_script(script, fake_cluster.env("localhost,node-b", job_id))
     assert result.returncode == 0, result.stdout + result.stderr
     records = fake_cluster.records("cloud-")
-    assert len(records) == 4  # 2 nodes x 2 workers, started by real torchrun agents
+    assert len(records) == 4  # 2 nodes x 2 workers, started by a real launcher on each
     assert sorted(int(r["env"]["RANK"]) for r in records) == [0, 1, 2, 3]
     for record in records:
         env = record["env"]
@@ -499,9 +503,11 @@ def test_two_node_training_script_runs_torchrun_per_node(fake_cluster: FakeClust
         assert record["argv"] == job  # unmangled, no --resume on a first start
         assert Path(record["cwd"]) == workdir
         assert env["WORLD_SIZE"] == "4"
-        assert env["MASTER_ADDR"] == "localhost"  # first host of the node list, on both nodes
-        assert env["MASTER_PORT"] == str(master_port(job_id))
-        assert env["NODE_RANK"] == env["SLURM_NODEID"] == env["GROUP_RANK"] == str(node)
+        # The first host's NodeAddr, on both nodes; no env:// rendezvous to fall back to.
+        assert env["CLOUD_INIT_METHOD"] == f"store://127.0.0.1:{master_port(job_id)}"
+        assert env["MASTER_ADDR"] is None and env["MASTER_PORT"] is None
+        assert env["GLOO_SOCKET_IFNAME"] == "lo"  # the interface towards 127.0.0.1
+        assert env["SLURM_NODEID"] == str(node)
         assert env["SLURM_PROCID"] == str(node) and env["SLURM_LOCALID"] == "0"
         assert int(env["RANK"]) == 2 * node + int(env["LOCAL_RANK"])
         assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
@@ -509,7 +515,7 @@ def test_two_node_training_script_runs_torchrun_per_node(fake_cluster: FakeClust
     assert not list(fake_cluster.root.glob("**/pwned-cd"))
 
 
-@pytest.mark.slow  # three torchrun starts: about 25-35 s on two busy cores
+@pytest.mark.slow  # three launches of two nodes: about 25-35 s on two busy cores
 def test_usr1_requeues_and_the_restart_resumes(fake_cluster: FakeCluster) -> None:
     script, job, _ = training_script(fake_cluster, gpus_per_node=1)
     job_id = job_id_with_free_port()

@@ -413,6 +413,51 @@ def test_loopback_run_matches_the_torchrun_run(two_runs: dict) -> None:
     assert "[rank 0] " in log and "[rank 1] " in log
 
 
+@pytest.fixture(scope="module")
+def two_node_run(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The loopback run's scenario as two "nodes" of one process each: two launchers on this
+    machine (what a 2-node Slurm job runs on each node), node 0's listeners watched."""
+    run_dir = tmp_path_factory.mktemp("two_nodes") / "run"
+    port = free_port()
+
+    def node(rank: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "train.launcher", "--nnodes", "2", "--node-rank", str(rank)),
+            *("--nproc-per-node", "1", "--rendezvous", f"127.0.0.1:{port}", "--"),
+            *(sys.executable, "-m", "train.cli", "pretrain", "--config", str(DEBUG)),
+            *common_overrides(sample_corpus, run_dir),
+            *SCENARIO,
+        ]
+
+    env = env_with_repository()
+    env.setdefault("DS_ACCELERATOR", "cpu")
+    second = subprocess.Popen(node(1), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = run_and_watch(node(0))
+    second_output = second.communicate(timeout=300)[0].decode(errors="replace")
+    return {**first, "port": port, "run_dir": run_dir, "second": (second.returncode, second_output)}
+
+
+@pytest.mark.slow
+def test_two_nodes_train_as_one_machine_does_and_host_the_store_on_one_address(
+    two_node_run: dict, two_runs: dict
+) -> None:
+    run = two_node_run
+    assert run["returncode"] == 0, run["stdout"][-3000:] + run["stderr"][-3000:]
+    assert run["second"][0] == 0, run["second"][1][-3000:]
+    # Node 0's launcher hosted the store on the rendezvous address itself, not on *:PORT.
+    assert ("127.0.0.1", run["port"]) in run["listeners"], run["listeners"]
+    outside = {(host, port) for host, port in run["listeners"] if not is_loopback(ip(host))}
+    assert not outside, f"listening beyond the rendezvous address: {outside}"
+    # The same ranks, data and reductions as the one-machine 2-process run, bit for bit.
+    reference = two_runs["loopback"]["run_dir"]
+    assert losses(run["run_dir"]).keys() == losses(reference).keys()
+    for step, record in losses(reference).items():
+        for key in ("train/loss", "train/grad_norm", "val/loss"):
+            assert losses(run["run_dir"])[step].get(key) == record.get(key), (step, key)
+    # Every rank's lines reach the node's output (the Slurm log), prefixed by global rank.
+    assert "[rank 0] " in run["stdout"] and "[rank 1] " in run["second"][1]
+
+
 @pytest.mark.slow
 def test_launch_runs_on_loopback_too(sample_corpus: Path, tmp_path: Path, two_runs: dict) -> None:
     """``train.pretrain.launch`` (the sweep, the demo, the tests) uses the same launcher."""

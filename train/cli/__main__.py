@@ -1,4 +1,4 @@
-"""``python -m train.cli …``: the `cloud` command (how torchrun and the launchers start ranks)."""
+"""``python -m train.cli …``: the `cloud` command (how the launchers start ranks)."""
 
 from __future__ import annotations
 

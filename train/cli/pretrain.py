@@ -2,9 +2,11 @@
 
 Single process: ``cloud pretrain --config configs/pretrain/debug.yaml data.corpus=DIR``.
 Several on this machine: ``cloud pretrain --nproc-per-node 2 --config ...`` (listens on
-127.0.0.1 only; every rank's output in RUN_DIR/launch.log). Several nodes: ``torchrun
---nnodes ... $(which cloud) pretrain --config ...`` (its store listens on every interface of
-the master node), or the DeepSpeed launcher ``deepspeed --module train.cli pretrain ...``.
+127.0.0.1 only; every rank's output in RUN_DIR/launch.log). Several nodes: one
+``python -m train.launcher --nnodes M --node-rank R --nproc-per-node N --rendezvous HOST:PORT
+-- $(which cloud) pretrain --config ...`` per node (what ``cloud submit slurm`` runs; node 0
+hosts the store on HOST only); torchrun and ``deepspeed --module train.cli pretrain ...``
+work too, their stores listening on every interface of the first node.
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ def _register_slurm(targets: argparse._SubParsersAction) -> None:
         "slurm",
         help="write an sbatch script for the command and submit it with sbatch",
         description=(
-            "Training commands (pretrain, scaling sweep, finetune, debye) run one torchrun per "
-            "node with the rendezvous on the first node; corpus build starts a Ray cluster in "
+            "Training commands (pretrain, scaling sweep, finetune, debye) run one train.launcher "
+            "per node, the rendezvous store on the first node's NodeAddr only (a one-node job "
+            "listens on loopback only); corpus build starts a Ray cluster in "
             "the allocation; other commands run once. Jobs requeue themselves before the time "
             "limit and training resumes from its latest checkpoint (--resume). The script is "
             "written under --run-dir, where Slurm also writes its log."
@@ -88,7 +89,7 @@ def job_tokens(args: argparse.Namespace) -> list[str]:
 
 def known_commands() -> list[str]:
     """Registered subcommands, plus the launch-table commands whose modules may be absent."""
-    from cluster.slurm import RAY_COMMANDS, TORCHRUN_COMMANDS
+    from cluster.slurm import RAY_COMMANDS, TRAINING_COMMANDS
     from train.cli import build_parser
 
     parser = build_parser()
@@ -96,7 +97,7 @@ def known_commands() -> list[str]:
     for action in parser._actions:  # argparse has no public accessor for subcommands
         if isinstance(action, argparse._SubParsersAction):
             names.update(action.choices)
-    names.update(command[0] for command in (*TORCHRUN_COMMANDS, *RAY_COMMANDS))
+    names.update(command[0] for command in (*TRAINING_COMMANDS, *RAY_COMMANDS))
     return sorted(names - set(NOT_SUBMITTABLE))
 
 

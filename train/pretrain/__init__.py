@@ -2,12 +2,13 @@
 
 Entry points:
 
-* ``cloud pretrain --config configs/pretrain/tiny.yaml [optim.lr=3e-4 ...] [--resume]``, under
-  ``torchrun --nproc-per-node N $(which cloud) pretrain ...`` or without a launcher;
+* ``cloud pretrain --config configs/pretrain/tiny.yaml [optim.lr=3e-4 ...] [--resume]``, with
+  ``--nproc-per-node N`` (``train.launcher``; one per node with ``--nnodes`` across nodes),
+  under ``torchrun --nproc-per-node N $(which cloud) pretrain ...`` or without a launcher;
   ``deepspeed --module train.cli pretrain --config ...`` for the DeepSpeed launcher (which adds
   ``--local_rank``, accepted here).
 * :func:`run_pretraining` (in-process, any world size, repeatable in one process) and
-  :func:`launch` (runs ``torchrun`` in a subprocess and returns the run's ``summary.json``);
+  :func:`launch` (runs ``train.launcher``'s workers and returns the run's ``summary.json``);
   the scaling sweep should prefer :func:`launch`, which isolates each run completely.
 
 Determinism: model init uses ``train.seed`` on every rank (identical replicas); dropout then

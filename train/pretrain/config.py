@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from cloud import CloudConfig, family
+from cloud import CloudConfig, family, flavours
 from train.common.ranges import Check, below_one, fraction, non_negative, out_of_range, positive
 from train.config import apply_overrides, build_config, read_yaml_mapping
 from train.masking import MaskingConfig
@@ -203,6 +203,11 @@ class PretrainConfig:
             problems.append(f"system.zero_stage must be 0-3, got {self.system.zero_stage}")
         if self.system.precision not in ("auto", "bf16", "fp32"):
             problems.append(f"system.precision must be auto, bf16 or fp32: {self.system.precision}")
+        if self.model.flavour not in flavours():
+            # Here, not at model build: that comes after the process group and the corpus.
+            problems.append(
+                f"unknown CLOUD flavour {self.model.flavour!r}; valid flavours: {flavours()}"
+            )
         if self.system.attention_backend not in ATTENTION_BACKENDS:
             problems.append(f"system.attention_backend must be one of {ATTENTION_BACKENDS}")
         problems += out_of_range(self._ranges())

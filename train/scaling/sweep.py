@@ -67,9 +67,9 @@ class SweepConfig:
     overrides: tuple[str, ...] = ()
     """Dotted ``key=value`` overrides applied to every run (e.g. data.corpus=DIR)."""
     nproc: int = 1
-    """Processes per run (torchrun ``--nproc-per-node``)."""
+    """Processes per run (``cloud pretrain --nproc-per-node``)."""
     in_process: bool = False
-    """Run each cell inside the sweep's process (1 process only) instead of under torchrun."""
+    """Run each cell inside the sweep's process (1 process only) instead of as launched workers."""
     prediction: PredictionCell | None = None
     """A larger run held out of the fit: after the grid, the law fitted to the grid predicts
     its loss (written to ``prediction.json`` before it starts), then it runs and is scored."""
@@ -285,7 +285,7 @@ def in_process_launcher(
 ) -> dict[str, Any]:
     """Run one cell in this process (``run_pretraining``: DeepSpeed on a 1-process group).
 
-    Saves the torchrun start-up per run, which dominates tiny CPU sweeps; multi-process runs
+    Saves the workers' start-up per run, which dominates tiny CPU sweeps; multi-process runs
     go through ``train.pretrain.launch``.
     """
     if nproc != 1:
