@@ -24,8 +24,8 @@ import pytest
 
 from tests.train.pretrain.test_pretrain import DEBUG, common_overrides, losses
 from train.common.paths import env_with_repository
-from train.distributed import free_port
-from train.launcher import WorkerFailed, launch_workers
+from train.distributed import free_port, interface_towards
+from train.launcher import NodeLayout, WorkerFailed, launch_workers
 
 REPO = Path(__file__).resolve().parents[2]
 LISTEN = "0A"
@@ -212,6 +212,46 @@ def test_workers_get_ranks_a_file_rendezvous_and_loopback_collectives(tmp_path: 
     assert len(init_methods) == 1
     store = Path(init_methods.pop().removeprefix("file://"))
     assert not store.parent.exists()  # the rendezvous directory is removed afterwards
+
+
+def test_a_node_of_a_multi_node_launch_numbers_its_ranks_and_keeps_the_users_interface(
+    tmp_path: Path,
+) -> None:
+    """Node 1 of 2, two workers each: global ranks 2 and 3, the store URL of node 0's
+    address, and a user's GLOO_SOCKET_IFNAME (an InfiniBand name, say) left as it was."""
+    layout = NodeLayout.parse(f"localhost:{free_port()}", nnodes=2, node_rank=1)
+    base = {**os.environ, "GLOO_SOCKET_IFNAME": "ib0", "NCCL_SOCKET_IFNAME": "ib0"}
+    launch_workers(
+        worker_command(tmp_path, *["exit"] * 4), nproc=2, log_path=None, env=base, layout=layout
+    )
+    envs = [json.loads((tmp_path / f"rank{r}.json").read_text())["env"] for r in (2, 3)]
+    for local, env in enumerate(envs):
+        assert (env["RANK"], env["LOCAL_RANK"]) == (str(2 + local), str(local))
+        assert env["WORLD_SIZE"] == "4" and env["LOCAL_WORLD_SIZE"] == "2"
+        assert env["CLOUD_INIT_METHOD"] == f"store://127.0.0.1:{layout.port}"
+        assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "ib0"
+    assert interface_towards("127.0.0.1") == "lo"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nnodes", "2", "--", "true"], "--rendezvous HOST:PORT is needed"),
+        (["--nnodes", "2", "--rendezvous", "nohost", "--", "true"], "must be HOST:PORT"),
+        (["--nnodes", "2", "--node-rank", "2", "--rendezvous", "h:1", "--", "true"], "0-1"),
+        (["--nnodes", "2", "--rendezvous", "no.such.host.invalid:5", "--", "true"], "resolve"),
+        (["--nproc-per-node", "0", "--", "true"], "at least 1"),
+        ([], "no COMMAND given"),
+    ],
+)
+def test_a_launcher_misuse_ends_in_one_line(args: list[str], message: str, capsys) -> None:
+    from train.launcher import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error and "Traceback" not in error, error
 
 
 # The launcher in a process of its own, so a test can signal or kill it.
