@@ -32,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fail instead of using the sample in data/ when the data root lacks the task",
     )
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 …")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the folds an earlier run with the same settings finished in --out",
+    )
     parser.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
     add_overrides(parser)
     parser.set_defaults(func=run)
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         device=args.device,
         allow_sample=False if args.no_sample_fallback else None,
+        resume=True if args.resume else None,
     )
     result = run_finetune(config, progress=True)
     print(metrics_table(result.task, result.folds, result.summary))

@@ -122,6 +122,10 @@ class FinetuneConfig:
     """Write TensorBoard curves per fold."""
     plots: bool = True
     """Write a parity plot per fold (regression)."""
+    resume: bool = False
+    """Keep the folds an earlier run with the same settings finished under ``out`` (each
+    fold's ``result.json``, written as it ends) and run only the others
+    (``cloud finetune --resume``). Folds of a run with other settings are run again."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from train.common.files import atomic_write_text
 from train.common.packages import checkpoint_variant
 from train.finetune.config import FinetuneConfig
 from train.finetune.loading import load_task, same_crystals, task_structures
@@ -22,6 +24,7 @@ from train.finetune.report import REPORT_FILE, _fold_line, parity_plot, render_r
 from train.finetune.results import RESULTS_FILE, SUMMARY_FILE, summarise, write_results
 from train.finetune.tasks import Task, TaskData, get_task
 from train.finetune.trainer import (
+    BaselineResult,
     Encoded,
     FoldResult,
     Observer,
@@ -105,14 +108,27 @@ def _run_finetune(
     out = Path(config.out or f"runs/finetune/{task.name}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    results = [
-        _run_fold(data, fold_index, pretrained, encoded, config, variant, out, observer, progress)
-        for fold_index in fold_indices
-    ]
-    if config.save_model == "best" and results:
-        # The fold with the best validation score: chosen without looking at any test fold.
-        best = min(results, key=lambda r: r.best_val)
-        _save_model(best, task, config, pretrained, variant, out / "model")
+    results: list[FoldResult] = []
+    best_val = math.inf
+    for fold_index in fold_indices:
+        fold = data.fold(fold_index).name
+        kept = read_fold_result(out, fold, config) if config.resume else None
+        if kept is not None:
+            logger.info("%s: kept from the earlier run in %s (--resume)", fold, out / fold)
+            result = kept
+        else:
+            result = _run_fold(
+                data, fold_index, pretrained, encoded, config, variant, out, observer, progress
+            )
+            # The fold with the best validation score, chosen without looking at any test
+            # fold; published as soon as it is known, so an interrupted run keeps it.
+            if config.save_model == "best" and result.best_val < best_val:
+                _save_model(result, task, config, pretrained, variant, out / "model")
+            if config.save_model != "best":
+                result.model = None  # saved already, or not wanted: free it
+            write_fold_result(out, result, config)
+        best_val = min(best_val, result.best_val)
+        results.append(result)
     timing = (time.perf_counter() - started, time.process_time() - cpu_started)
     summary = summarise(task, results, data, config, timing)
     write_results(out / RESULTS_FILE, task, results, summary, config)
@@ -178,11 +194,73 @@ def _run_fold(
         parity_plot(result, task, out / result.fold / "parity.png")
     if config.save_model == "all":
         _save_model(result, task, config, pretrained, variant, out / "models" / result.fold)
-    if config.save_model != "best":
-        result.model = None  # saved already, or not wanted: free it
     if progress:
         print(_fold_line(task, result), file=sys.stderr, flush=True)
     return result
+
+
+FOLD_RESULT_FILE = "result.json"
+"""Each finished fold's result, under ``<out>/<fold>/``: what ``--resume`` keeps."""
+FOLD_RESULT_VERSION = 1
+# Settings that change neither the rows nor the numbers a fold produces.
+_NOT_RESULT_SETTINGS = ("out", "folds", "resume", "threads", "tensorboard", "plots", "save_model")
+
+
+def _result_settings(config: FinetuneConfig) -> dict[str, Any]:
+    settings = config.to_dict()
+    for name in _NOT_RESULT_SETTINGS:
+        settings.pop(name, None)
+    return json.loads(json.dumps(settings))  # tuples → lists, as read back
+
+
+def write_fold_result(out: Path, result: FoldResult, config: FinetuneConfig) -> None:
+    """``<out>/<fold>/result.json`` (atomically): the fold's predictions, scores, baselines
+    and the settings that made them."""
+    record = {
+        "version": FOLD_RESULT_VERSION,
+        "settings": _result_settings(config),
+        **{name: getattr(result, name) for name in _FOLD_FIELDS},
+        "baselines": {
+            name: {"predictions": b.predictions, "scores": b.scores}
+            for name, b in result.baselines.items()
+        },
+    }
+    atomic_write_text(out / result.fold / FOLD_RESULT_FILE, json.dumps(record))
+
+
+def read_fold_result(out: Path, fold: str, config: FinetuneConfig) -> FoldResult | None:
+    """The fold's earlier result under ``out`` when its settings are ``config``'s; None when
+    there is none, it cannot be read, or it was made with other settings (each said)."""
+    path = out / fold / FOLD_RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if record.get("version") != FOLD_RESULT_VERSION:
+            raise ValueError(f"version {record.get('version')!r}, not {FOLD_RESULT_VERSION}")
+        if record["settings"] != _result_settings(config):
+            logger.info("%s: made with other settings; running the fold again", path)
+            return None
+        baselines = {
+            name: BaselineResult(b["predictions"], b["scores"])
+            for name, b in record["baselines"].items()
+        }
+        return FoldResult(**{name: record[name] for name in _FOLD_FIELDS}, baselines=baselines)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("%s: cannot be read back (%s); running the fold again", path, exc)
+        return None
+
+
+_FOLD_FIELDS = (
+    "fold",
+    "predictions",
+    "scores",
+    "baseline_scores",
+    "parameters",
+    "best_val",
+    "history",
+    "truth",
+)
 
 
 def _fold_writer(out: Path, fold: str, config: FinetuneConfig) -> Any:

@@ -669,3 +669,38 @@ def test_predict_with_a_pretrained_package_is_one_clear_line(
     assert f"cloud finetune --checkpoint {package} --task TASK" in err
     with pytest.raises(ValueError, match="no prediction head"):  # --debug shows the real error
         main(["--debug", "predict", "--checkpoint", str(package), "--input", str(sample)])
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_keeping_its_finished_folds(
+    tmp_path: Path, tiny_pretrained: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run stopped after fold 0, then resumed over folds 0-1: fold 0 is read back (not
+    trained again), fold 1 is trained, and the results are those of one uninterrupted run;
+    a fold made with other settings is run again."""
+    quick = {"epochs": 2, "baselines": ["classical"]}
+    run_dir = tmp_path / "run"
+    first = FT.run_finetune(_config(run_dir, tiny_pretrained, **quick, folds=[0]))
+    assert (run_dir / "fold_0" / "result.json").is_file() and (run_dir / "model").is_dir()
+    with caplog.at_level("INFO", logger="train.finetune"):
+        resumed = FT.run_finetune(
+            _config(run_dir, tiny_pretrained, **quick, folds=[0, 1], resume=True)
+        )
+    assert "fold_0: kept from the earlier run" in caplog.text
+    assert "fold_1: kept" not in caplog.text
+    straight = FT.run_finetune(
+        _config(tmp_path / "straight", tiny_pretrained, **quick, folds=[0, 1])
+    )
+    assert resumed.folds[0].predictions == first.folds[0].predictions
+    for mine, theirs in zip(resumed.folds, straight.folds, strict=True):
+        assert mine.fold == theirs.fold
+        assert mine.scores == pytest.approx(theirs.scores, rel=1e-6)
+        assert mine.baselines["classical"].scores == theirs.baselines["classical"].scores
+    with gzip.open(run_dir / "results.json.gz", "rt") as handle:
+        written = json.load(handle)
+    assert sorted(written["tasks"]["matbench_dielectric"]["results"]) == ["fold_0", "fold_1"]
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="train.finetune"):
+        FT.run_finetune(_config(run_dir, tiny_pretrained, epochs=3, folds=[0], resume=True))
+    assert "made with other settings; running the fold again" in caplog.text
