@@ -17,6 +17,7 @@ import os
 import platform
 import resource
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,26 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def _after_existing_event_files(directory: Path) -> None:
+    """Wait (at most a second) until a new event file's name sorts after every existing one.
+
+    TensorBoard reads a directory's event files in name order and applies a purge where it
+    meets it. The name is ``events.out.tfevents.<10-digit second>.<host>.<pid>.<counter>``
+    with the counter unpadded, so two files of one process in one second can sort the wrong
+    way round (``...9`` after ``...10``); then the purge is read first and the events it
+    should hide come after it.
+    """
+    prefix = "events.out.tfevents."
+    seconds = [
+        int(name.name[len(prefix) :].split(".", 1)[0])
+        for name in directory.glob(prefix + "*")
+        if name.name[len(prefix) :].split(".", 1)[0].isdigit()
+    ]
+    if seconds:
+        while int(time.time()) <= max(seconds):
+            time.sleep(0.05)
+
+
 class MetricsWriter:
     """TensorBoard scalars plus one JSON line per logged step (rank 0 writes, others no-op).
 
@@ -176,6 +197,8 @@ class MetricsWriter:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
+            if purge_step is not None:
+                _after_existing_event_files(self.tensorboard_dir)
             self._writer = SummaryWriter(str(self.tensorboard_dir), purge_step=purge_step)
         self._jsonl = self.jsonl_path.open("a")
 

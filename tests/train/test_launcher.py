@@ -142,7 +142,14 @@ with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as handle:
     json.dump({"pid": os.getpid(), "env": dict(os.environ)}, handle)
 action = sys.argv[2 + rank]
 print(f"rank {rank} says hello", flush=True)
+open(os.path.join(sys.argv[1], f"rank{rank}.hello"), "w").close()
 if action == "fail":
+    # Not before rank 0 has spoken: on a loaded machine it may not have started yet.
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(sys.argv[1], "rank0.hello")):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     print("boom", file=sys.stderr, flush=True)
     sys.exit(3)
 if action == "watch":

@@ -231,7 +231,12 @@ def test_peak_flops_and_mfu() -> None:
 
 def test_metrics_writer_tensorboard_and_jsonl(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.summary.writer import event_file_writer
 
+    # The two writers' event files get the counters 9 and 10 (or 99 and 100 ...) of this
+    # process: in one second "...10" sorts before "...9", which put the purge first (CI).
+    while event_file_writer._global_uid.get() not in (8, 98, 998, 9998):
+        pass
     writer = MetricsWriter(tmp_path)
     for step in (1, 2, 3):
         writer.log(step, {"train/loss": 5.0 - step, "train/grad_norm": None})
