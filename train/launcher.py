@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -142,6 +142,11 @@ class NodeLayout:
         found.sort(key=lambda entry: entry[0] != socket.AF_INET)
         return str(found[0][4][0])
 
+    def resolved(self) -> NodeLayout:
+        """This layout with ``host`` looked up once (:meth:`address`): later lookups of an IP
+        literal ask no name server."""
+        return replace(self, host=self.address())
+
 
 def inside_launched_worker(env: Mapping[str, str] | None = None) -> bool:
     """Whether this process is already a worker of a launcher (torchrun, deepspeed, ours)."""
@@ -176,8 +181,11 @@ def worker_env(
 ) -> dict[str, str]:
     """The environment of local rank ``rank`` of this node's ``nproc``: ``base`` with this
     launch's ranks, its rendezvous and none of another launcher's settings; collectives bound
-    to loopback on one machine, to ``interface`` across the nodes of ``layout`` (a user's
+    to loopback on one machine, to ``interface`` (this node's interface towards node 0, which
+    a launch across the nodes of ``layout`` must name) across several (a user's
     ``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME`` then stands)."""
+    if layout is not None and not interface:
+        raise ValueError("a launch across nodes needs the interface towards node 0")
     env = env_with_repository(base)
     for name in FOREIGN_ENV:
         env.pop(name, None)
@@ -192,7 +200,7 @@ def worker_env(
     if layout is None:
         bind_loopback(env, force=True)
     else:
-        bind_interface(env, interface or interface_towards(layout.address()), force=False)
+        bind_interface(env, interface, force=False)
     if nproc > 1:
         env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun does for several processes
     if "DS_ACCELERATOR" not in env and not _cuda_available():
@@ -238,14 +246,16 @@ def launch_workers(
         log_path.parent.mkdir(parents=True, exist_ok=True)
     base = dict(os.environ if env is None else env)
     deadline = None if timeout is None else time.monotonic() + timeout
+    # Looked up once: the store's address and the interface towards it must agree.
+    address = layout.address() if layout is not None else None
     interface = None
-    if layout is not None:
-        interface = base.get("GLOO_SOCKET_IFNAME") or interface_towards(layout.address())
+    if address is not None:
+        interface = base.get("GLOO_SOCKET_IFNAME") or interface_towards(address)
     # Off the main thread no handler can be installed: then the workers stay in our process
     # group, so a terminal's Ctrl-C still reaches them.
     supervise_signals = threading.current_thread() is threading.main_thread()
     with (
-        _rendezvous(layout) as init_method,
+        _rendezvous(layout, address) as init_method,
         _log_stream(log_path) as log,
     ):
         writer = _LogWriter(log, first_rank=nproc * (layout.node_rank if layout else 0))
@@ -382,14 +392,14 @@ def _log_stream(log_path: Path | None) -> Iterator[IO[str]]:
 
 
 @contextmanager
-def _rendezvous(layout: NodeLayout | None) -> Iterator[str]:
+def _rendezvous(layout: NodeLayout | None, address: str | None) -> Iterator[str]:
     """Where this launch's workers meet: a private file on one machine, else the store of
-    :func:`_hosted_store` (hosted here on node 0, joined over the network elsewhere)."""
-    if layout is None:
+    :func:`_hosted_store` on ``address`` (node 0's IP: hosted here on node 0, joined over the
+    network elsewhere)."""
+    if layout is None or address is None:
         with _rendezvous_file() as url:
             yield url
         return
-    address = layout.address()
     url = f"{STORE_SCHEME}{f'[{address}]' if ':' in address else address}:{layout.port}"
     if layout.node_rank != 0:
         yield url
@@ -533,8 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.rendezvous:
             parser.error("--rendezvous HOST:PORT is needed with --nnodes > 1")
         try:
-            layout = NodeLayout.parse(args.rendezvous, nnodes=args.nnodes, node_rank=args.node_rank)
-            layout.address()
+            layout = NodeLayout.parse(
+                args.rendezvous, nnodes=args.nnodes, node_rank=args.node_rank
+            ).resolved()
         except ValueError as exc:
             parser.error(str(exc))
     try:

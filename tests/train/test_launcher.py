@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -222,15 +223,26 @@ def test_workers_get_ranks_a_file_rendezvous_and_loopback_collectives(tmp_path: 
 
 
 def test_a_node_of_a_multi_node_launch_numbers_its_ranks_and_keeps_the_users_interface(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Node 1 of 2, two workers each: global ranks 2 and 3, the store URL of node 0's
-    address, and a user's GLOO_SOCKET_IFNAME (an InfiniBand name, say) left as it was."""
+    address, and a user's GLOO_SOCKET_IFNAME (an InfiniBand name, say) left as it was; node
+    0's name is looked up once per launch (a slow name server is paid once)."""
     layout = NodeLayout.parse(f"localhost:{free_port()}", nnodes=2, node_rank=1)
     base = {**os.environ, "GLOO_SOCKET_IFNAME": "ib0", "NCCL_SOCKET_IFNAME": "ib0"}
+    lookups: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def counted_getaddrinfo(host, *args, **kwargs):
+        lookups.append(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", counted_getaddrinfo)
     launch_workers(
         worker_command(tmp_path, *["exit"] * 4), nproc=2, log_path=None, env=base, layout=layout
     )
+    assert lookups == ["localhost"]
+    assert layout.resolved().host == "127.0.0.1"
     envs = [json.loads((tmp_path / f"rank{r}.json").read_text())["env"] for r in (2, 3)]
     for local, env in enumerate(envs):
         assert (env["RANK"], env["LOCAL_RANK"]) == (str(2 + local), str(local))
