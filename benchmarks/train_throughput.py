@@ -40,7 +40,8 @@ Reported: real (unpadded) tokens/s and sequences/s per stack, the speed-up, each
 achieved FLOP/s (forward + backward on real tokens, ``cloud.flops_per_token`` per sequence)
 as a fraction of the GEMM's, and each stack's mean training loss over its last steps and
 masked-token accuracy on held-out batches after the run (losses are over different
-vocabularies; accuracy is comparable). On CUDA every stack runs under bf16 autocast, and
+vocabularies; accuracy is comparable). On CUDA every stack runs under bf16 autocast (on CPU
+with ``--cpu-bf16``, against a bf16 GEMM), and
 ``--mfu`` adds MFU of base and of the largest flavour that fits.
 """
 
@@ -149,9 +150,18 @@ class Stack:
     """Training FLOPs of one sequence of n real tokens (set by ``main``)."""
 
 
+CPU_BF16 = False
+"""``--cpu-bf16``: every stack (and the GEMM probe) under CPU bf16 autocast."""
+
+
+def bf16_compute(device: torch.device) -> bool:
+    """Whether this run computes in bf16: always on CUDA, on CPU with ``--cpu-bf16``."""
+    return device.type == "cuda" or CPU_BF16
+
+
 def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if bf16_compute(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -434,15 +444,15 @@ def run(
 
 @dataclass
 class GemmProbe:
-    """A large square fp32 (bf16 on CUDA) matrix multiply: the FLOP/s this device reaches on
-    the best case of the work a transformer step is made of."""
+    """A large square fp32 (bf16 on CUDA or with ``--cpu-bf16``) matrix multiply: the FLOP/s
+    this device reaches on the best case of the work a transformer step is made of."""
 
     size: int
     device: torch.device
     best: float = 0.0
 
     def measure(self, repeats: int = 5) -> float:
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        dtype = torch.bfloat16 if bf16_compute(self.device) else torch.float32
         a = torch.randn(self.size, self.size, device=self.device, dtype=dtype)
         b = torch.randn(self.size, self.size, device=self.device, dtype=dtype)
         a @ b  # warm-up
@@ -512,12 +522,22 @@ def main() -> None:
         action="store_true",
         help="also packed with foreach AdamW, and packed with the SDPA attention core",
     )
+    parser.add_argument(
+        "--cpu-bf16",
+        action="store_true",
+        help="CPU: every stack and the GEMM under bf16 autocast (pays on AMX / AVX512-BF16 "
+        "CPUs; implies --no-deepspeed)",
+    )
     parser.add_argument("--gemm", type=int, default=2048, help="GEMM probe size (0: none)")
     parser.add_argument("--mfu", action="store_true", help="CUDA: MFU of base and largest")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    global CPU_BF16
+    CPU_BF16 = args.cpu_bf16 and device.type == "cpu"
+    if CPU_BF16:
+        args.no_deepspeed = True  # the engine's CPU path is fp32 (train.distributed)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -601,7 +621,8 @@ def main() -> None:
             + (f" ({result['gemm_fraction']:.0%} of GEMM)" if gemm else "")
         )
     if gemm:
-        print(f"\nGEMM probe {args.gemm}² fp32: {gemm.best / 1e9:.1f} GFLOP/s (best round)")
+        gemm_dtype = "bf16" if bf16_compute(device) else "fp32"
+        print(f"\nGEMM probe {args.gemm}² {gemm_dtype}: {gemm.best / 1e9:.1f} GFLOP/s (best round)")
         results.append({"gemm_size": args.gemm, "gemm_flops": gemm.best})
     print(
         f"\ninitial loss ≈ ln(vocab): released ln({RELEASED_VOCAB}) = {math.log(RELEASED_VOCAB):.2f},"

@@ -362,7 +362,11 @@ def _forward_signals(
     workers: Sequence[subprocess.Popen[bytes]], *, enabled: bool
 ) -> Iterator[list[int]]:
     """While inside, SIGINT and SIGTERM are passed on to ``workers`` and recorded in the list
-    yielded (the first one is re-raised by the caller once the workers are down)."""
+    yielded (the first one is re-raised by the caller once the workers are down).
+
+    A signal this process ignores stays ignored (a job started in the background by a
+    non-interactive shell, or under ``nohup``, ignores SIGINT, and so do its workers): taking
+    it would stop nothing and end the launch with status 0."""
     received: list[int] = []
     if not enabled:
         yield received
@@ -373,7 +377,11 @@ def _forward_signals(
         for worker in workers:
             worker.send_signal(signum)  # does nothing to one that has exited
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, forward)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield received
     finally:

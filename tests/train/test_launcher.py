@@ -285,6 +285,12 @@ except KeyboardInterrupt:
 """
 
 
+def as_in_a_terminal() -> None:
+    """SIGINT as a foreground job of a terminal has it, whatever this test run inherited (a
+    suite started in the background by a non-interactive shell ignores SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     ("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)]
 )
@@ -292,11 +298,30 @@ def test_sigint_and_sigterm_reach_the_workers(sig: int, status: int, tmp_path: P
     launcher = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, WORKER, str(tmp_path), "sleep", "sleep"],
         env=env_with_repository(),
+        preexec_fn=as_in_a_terminal,
     )
     wait_for_files([tmp_path / "rank0.json", tmp_path / "rank1.json"])
     pids = [json.loads((tmp_path / f"rank{r}.json").read_text())["pid"] for r in (0, 1)]
     launcher.send_signal(sig)
     assert launcher.wait(timeout=30) == status
+    assert all(gone(pid) for pid in pids)
+
+
+def test_a_launcher_started_deaf_to_sigint_stays_so(tmp_path: Path) -> None:
+    """Started with SIGINT ignored (``nohup``, a background job of a script), the launch
+    goes on through a SIGINT instead of ending with status 0; SIGTERM still stops it."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, WORKER, str(tmp_path), "sleep", "sleep"],
+        env=env_with_repository(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    wait_for_files([tmp_path / "rank0.json", tmp_path / "rank1.json"])
+    pids = [json.loads((tmp_path / f"rank{r}.json").read_text())["pid"] for r in (0, 1)]
+    launcher.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert launcher.poll() is None and not any(gone(pid, timeout=0.1) for pid in pids)
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=30) == -signal.SIGTERM
     assert all(gone(pid) for pid in pids)
 
 
@@ -554,7 +579,13 @@ def test_ctrl_c_stops_a_two_process_run(sample_corpus: Path, tmp_path: Path) -> 
         *("--config", str(DEBUG), *common_overrides(sample_corpus, run_dir)),
         *("train.max_steps=100000", "train.eval_interval=0", "checkpoint.interval=0"),
     ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=as_in_a_terminal,
+    )
     log = run_dir / "launch.log"
     deadline = time.monotonic() + 300
     while not (log.is_file() and "[rank 1]" in log.read_text() and " step 2 " in log.read_text()):
