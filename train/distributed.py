@@ -11,8 +11,10 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+import types
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -339,6 +341,34 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+DEEPSPEED_MUON = "deepspeed.runtime.zero.muon.original_muon"
+"""DeepSpeed's Muon kernels, which its ZeRO optimizers import at start-up and at each step
+whatever the optimizer, to ask whether it is Muon and to have ``muon_update`` at hand."""
+
+
+def _stand_in_for_deepspeed_muon() -> None:
+    """Give DeepSpeed a Muon module whose names no optimizer of ours uses.
+
+    Importing the real one wraps its kernels in ``torch.compile``, which imports
+    ``torch._inductor``: about 2 s of every ZeRO process's start on a CPU (a sixth of it)
+    for an optimizer this project never builds (``optim`` is AdamW, so DeepSpeed's Muon
+    branches are never taken). A process that has imported the real module keeps it.
+    """
+    if DEEPSPEED_MUON in sys.modules:
+        return
+    stand_in = types.ModuleType(DEEPSPEED_MUON, "Stand-in: CLOUD trains with AdamW, not Muon.")
+
+    class MuonWithAuxAdam:  # never instantiated: isinstance() with it is always False
+        pass
+
+    def not_muon(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError(f"{DEEPSPEED_MUON} is a stand-in here: this optimizer is not Muon")
+
+    stand_in.MuonWithAuxAdam = MuonWithAuxAdam  # type: ignore[attr-defined]
+    stand_in.muon_update = stand_in.adam_update = not_muon  # type: ignore[attr-defined]
+    sys.modules[DEEPSPEED_MUON] = stand_in
+
+
 def build_engine(
     model: nn.Module,
     *,
@@ -355,6 +385,7 @@ def build_engine(
     """
     import deepspeed
 
+    _stand_in_for_deepspeed_muon()
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
