@@ -234,6 +234,9 @@ def write_config(root: Path, node: str, ctld_port: int, slurmd_port: int) -> Pat
         "AccountingStorageType": "accounting_storage/none",
         "JobCompType": "jobcomp/none",
         "SchedulerType": "sched/backfill",
+        # Scheduling passes every second: with the defaults a requeued job waited about 26 s
+        # for the next pass (the main loop runs each 60 s, backfill each 30 s).
+        "SchedulerParameters": "sched_interval=1,bf_interval=1",
         "SelectType": "select/cons_tres",
         "SelectTypeParameters": "CR_CPU",
         "SlurmdParameters": "config_overrides",
