@@ -18,18 +18,17 @@ import sys
 import warnings
 from pathlib import Path
 
-from train.finetune.loading import load_task, same_crystals, task_structures
+from train.finetune.loading import load_task, same_crystals
 
 OUT = Path(__file__).parent / "matbench_phonons" / "leaked_crystals.json"
 
 
 def leaked_rows() -> dict[str, str]:
     """mb-id → phonondb mp-id of the crystals string equality let through."""
-    benchmark = load_task("matbench_phonons", variant="canonical")
-    stage = load_task("phonondb_max_frequency", variant="canonical")
+    benchmark = load_task("matbench_phonons", variant="canonical", keep_structures=True)
+    stage = load_task("phonondb_max_frequency", variant="canonical", keep_structures=True)
     strings = {e.scope for e in benchmark.examples.values()}
-    theirs = task_structures("matbench_phonons")
-    mine = task_structures("phonondb_max_frequency")
+    theirs, mine = benchmark.structures or {}, stage.structures or {}
     kept = {i: s for i, s in mine.items() if stage.examples[i].scope not in strings}
     pairs = {mb_id: mp_id for mp_id, mb_id in same_crystals(kept, theirs)}
     return dict(sorted(pairs.items()))

@@ -65,8 +65,10 @@ def load_task(
     *,
     variant: str = "cloud",
     allow_sample: bool = True,
+    keep_structures: bool = False,
 ) -> TaskData:
-    """Read, label and SCOPE-encode every row of a task and build its folds."""
+    """Read, label and SCOPE-encode every row of a task and build its folds; with
+    ``keep_structures`` the readable structures are kept too (``TaskData.structures``)."""
     task = get_task(task) if isinstance(task, str) else task
     resolved = resolve_files(task, data_root, allow_sample=allow_sample)
     report = LoadReport(
@@ -75,10 +77,11 @@ def load_task(
         files={role: str(p) for role, p in resolved.paths.items()},
         is_sample=resolved.is_sample,
     )
-    examples = _load_examples(task, resolved, variant)
+    structures: dict[str, Any] | None = {} if keep_structures else None
+    examples = _load_examples(task, resolved, variant, structures)
     _count_problems(examples.values(), report)
     folds = _build_folds(task, resolved, examples, report)
-    return TaskData(task, examples, folds, report)
+    return TaskData(task, examples, folds, report, structures)
 
 
 def task_structures(
@@ -123,7 +126,11 @@ def _data_roles(splits: Splits) -> list[str]:
     return ["data"]
 
 
-def _load_examples(task: Task, resolved: ResolvedFiles, variant: str) -> dict[str, Example]:
+def _load_examples(
+    task: Task, resolved: ResolvedFiles, variant: str, structures: dict[str, Any] | None = None
+) -> dict[str, Example]:
+    """Every row of the task's files as an ``Example``; each readable structure also goes
+    into ``structures`` when one is given."""
     reader = READERS[task.reader]
     examples: dict[str, Example] = {}
     for role in _data_roles(task.splits):
@@ -135,6 +142,8 @@ def _load_examples(task: Task, resolved: ResolvedFiles, variant: str) -> dict[st
                     f"and {row.record.position}); ids must be unique across the task's files"
                 )
             examples[row.id] = _example(task, row, role, variant, path)
+            if structures is not None and row.record.structure is not None:
+                structures[row.id] = row.record.structure
     return examples
 
 

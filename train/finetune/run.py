@@ -89,7 +89,11 @@ def _run_finetune(
     variant = config.variant or checkpoint_variant(pretrained)
     task = get_task(config.task)
     data = data or load_task(
-        task, config.data_root, variant=variant, allow_sample=config.allow_sample
+        task,
+        config.data_root,
+        variant=variant,
+        allow_sample=config.allow_sample,
+        keep_structures=bool(config.exclude_tasks),
     )
     for line in data.report.lines():
         logger.info(line)
@@ -144,16 +148,22 @@ def blocked_rows(data: TaskData, config: FinetuneConfig, variant: str) -> dict[s
     a material whose two relaxations (e.g. Materials Project's and phonondb's) the symmetry
     search reads as different space groups."""
     blocked: dict[str, str] = {}
-    mine = None
+    mine = data.structures
     for name in config.exclude_tasks:
-        other = load_task(name, config.data_root, variant=variant, allow_sample=config.allow_sample)
+        other = load_task(
+            name,
+            config.data_root,
+            variant=variant,
+            allow_sample=config.allow_sample,
+            keep_structures=True,
+        )
         scopes = {e.scope for e in other.examples.values() if e.scope is not None}
         for example in data.examples.values():
             if example.scope in scopes and example.id not in blocked:
                 blocked[example.id] = f"excluded: its SCOPE string is a structure of {name}"
-        if mine is None:
+        if mine is None:  # loaded by a caller without its structures
             mine = task_structures(data.task, config.data_root, allow_sample=config.allow_sample)
-        theirs = task_structures(name, config.data_root, allow_sample=config.allow_sample)
+        theirs = other.structures or {}
         unblocked = {i: s for i, s in mine.items() if i not in blocked}
         for row_id, _ in same_crystals(unblocked, theirs):
             blocked[row_id] = f"excluded: the same crystal as a structure of {name}"

@@ -298,6 +298,9 @@ class TaskData:
     examples: dict[str, Example]
     folds: list[Fold]
     report: LoadReport
+    structures: dict[str, Any] | None = None
+    """The readable structures by row id, kept when asked (``load_task(keep_structures=)``),
+    for matching crystals across tasks without reading the files again."""
 
     def fold(self, index: int) -> Fold:
         if not 0 <= index < len(self.folds):

@@ -619,7 +619,17 @@ def test_the_same_crystal_under_another_scope_string_is_excluded_too(
         name="tmp_relaxed", target="y", splits=GivenSplits(train="t/train.csv", test="t/test.csv")
     )
     monkeypatch.setitem(tasks_module.TASKS, task.name, task)
-    data = load_task(task, tmp_path)
+    from train.finetune import loading
+
+    files_read: list[str] = []
+    for kind, reader in list(loading.READERS.items()):
+
+        def counted(path, *args, _reader=reader, **kwargs):
+            files_read.append(Path(path).name)
+            return _reader(path, *args, **kwargs)
+
+        monkeypatch.setitem(loading.READERS, kind, counted)
+    data = load_task(task, tmp_path, keep_structures=True)
     config = _config(
         tmp_path,
         tmp_path,
@@ -629,6 +639,10 @@ def test_the_same_crystal_under_another_scope_string_is_excluded_too(
     )
     blocked = FT.blocked_rows(data, config, "cloud")
     assert set(blocked) == {"as-is", "shaken"}  # "other" is trained on
+    # Each file is read once: the structures come with the loaded rows.
+    assert sorted(files_read) == sorted(
+        ["train.csv", "test.csv", "matbench_dielectric_sample.json.gz"]
+    ), files_read
     assert data.examples["shaken"].scope not in {
         e.scope for e in load_task("matbench_dielectric", NO_ROOT).examples.values()
     }
