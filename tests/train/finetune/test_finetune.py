@@ -716,5 +716,5 @@ def test_an_interrupted_run_resumes_keeping_its_finished_folds(
 
     caplog.clear()
     with caplog.at_level("INFO", logger="train.finetune"):
-        FT.run_finetune(_config(run_dir, tiny_pretrained, epochs=3, folds=[0], resume=True))
+        FT.run_finetune(_config(run_dir, tiny_pretrained, epochs=1, folds=[0], resume=True))
     assert "made with other settings; running the fold again" in caplog.text
