@@ -56,12 +56,11 @@ print("RESULTS", json.dumps(results))
 """
 
 
-@pytest.mark.slow
-def test_every_zero_stage_steps_as_plain_adamw_and_starts_without_inductor() -> None:
-    """The engine of ZeRO 0-3 takes plain AdamW's steps (clipped at 1.0), and building it
-    does not import torch._inductor (DeepSpeed's Muon kernels would: ~2 s a process)."""
+def results_of_fresh_process(script: str) -> dict:
+    """Run ``script`` in a fresh interpreter (one thread, CPU DeepSpeed, none of this
+    process's environment) and return the JSON it printed after ``RESULTS``."""
     result = subprocess.run(
-        [sys.executable, "-c", STEPS],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=600,
@@ -71,7 +70,14 @@ def test_every_zero_stage_steps_as_plain_adamw_and_starts_without_inductor() -> 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULTS"))
-    results = json.loads(line.split(" ", 1)[1])
+    return json.loads(line.split(" ", 1)[1])
+
+
+@pytest.mark.slow
+def test_every_zero_stage_steps_as_plain_adamw_and_starts_without_inductor() -> None:
+    """The engine of ZeRO 0-3 takes plain AdamW's steps (clipped at 1.0), and building it
+    does not import torch._inductor (DeepSpeed's Muon kernels would: ~2 s a process)."""
+    results = results_of_fresh_process(STEPS)
     assert results["plain"][-1] < results["plain"][0]  # it learns
     for stage in ("0", "1", "2", "3"):
         assert results[stage] == pytest.approx(results["plain"], rel=1e-5), stage

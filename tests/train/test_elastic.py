@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.train.pretrain.test_pretrain import DEBUG, common_overrides, losses
+from tests.train.test_distributed import results_of_fresh_process
 from train.common.schedule import lr_factor
 from train.elastic import ELASTIC_FILE
 from train.pretrain import launch, load_config
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 SCENARIO = [
     "train.max_steps=8",
     "train.eval_interval=4",
@@ -104,18 +101,7 @@ print("RESULTS", json.dumps({str(k): v for k, v in results.items()}))
 
 def test_gathered_state_restores_an_engine_that_trains_on_identically() -> None:
     """ZeRO 1, 2 and 3: an engine given another's gathered state takes the same next steps."""
-    result = subprocess.run(
-        [sys.executable, "-c", ROUND_TRIP],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        env={"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULTS"))
-    pairs = json.loads(line.split(" ", 1)[1])
+    pairs = results_of_fresh_process(ROUND_TRIP)
     for stage, steps in pairs.items():
         for original, restored in steps:
             assert restored == original, (stage, steps)
