@@ -95,5 +95,8 @@ def main_from_args(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
     if torch.distributed.is_initialized():
+        # No rank tears its group down while another may still be in a collective with it
+        # (once, in CI, a rank aborted at exit right after its peer had gone).
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
