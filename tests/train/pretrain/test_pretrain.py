@@ -73,6 +73,11 @@ def common_overrides(corpus: Path, run_dir: Path) -> list[str]:
     ]
 
 
+def optimizer_shard(tag: Path, rank: int) -> Path:
+    """Rank ``rank``'s ZeRO optimizer partition in checkpoint directory ``tag`` (stage >= 1)."""
+    return tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+
+
 def losses(run_dir: Path) -> dict[int, dict[str, float]]:
     return {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl")}
 
@@ -307,7 +312,7 @@ def test_zero3_two_processes_train_and_checkpoint(resume_runs: dict) -> None:
     tag = root / "step_00000020"
     for rank in (0, 1):
         assert (tag / f"rank_state_{rank:05d}.pt").is_file()
-        assert (tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").is_file()
+        assert optimizer_shard(tag, rank).is_file()
     assert (root / "zero_to_fp32.py").is_file()
     assert not (root / STAGING).exists()
 
@@ -403,10 +408,7 @@ def test_zero_stage_two_processes(stage: int, sample_corpus: Path, tmp_path: Pat
     root = run_dir / "checkpoints"
     assert list_checkpoints(root) == ["step_00000002", "step_00000004"]
     assert read_latest(root) == "step_00000004"
-    for rank in (0, 1):
-        assert (
-            root / "step_00000004" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
-        ).is_file()
+    assert all(optimizer_shard(root / "step_00000004", rank).is_file() for rank in (0, 1))
 
 
 SWEEP_SCRIPT = """
