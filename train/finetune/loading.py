@@ -33,6 +33,7 @@ from train.finetune.tasks import (
     TaskData,
     default_data_root,
     get_task,
+    role_of_file,
 )
 
 
@@ -141,7 +142,7 @@ def _load_examples(
                     f"task {task.name}: id {row.id!r} occurs twice ({examples[row.id].position} "
                     f"and {row.record.position}); ids must be unique across the task's files"
                 )
-            examples[row.id] = _example(task, row, role, variant, path)
+            examples[row.id] = _example(task, row, role_of_file(role), variant, path)
             if structures is not None and row.record.structure is not None:
                 structures[row.id] = row.record.structure
     return examples

@@ -95,15 +95,15 @@ def test_declared_task_files_exist_in_the_shared_data(shared_data: Path) -> None
 
 @pytest.mark.shared_data
 def test_declared_target_columns_exist(shared_data: Path) -> None:
-    # One row per CSV-backed task is enough to check the column names.
+    # One row of each file of each CSV-backed task is enough to check the column names.
     from cluster.readers import read_file
 
     for task in T.iter_tasks():
         if task.reader != "records":
             continue
-        path = T.resolve_files(task, shared_data, allow_sample=False).paths["train"]
-        record = next(iter(read_file(path)))
-        assert task.target in record.properties, (task.name, sorted(record.properties))
+        for path in T.resolve_files(task, shared_data, allow_sample=False).paths.values():
+            record = next(iter(read_file(path)))
+            assert task.target in record.properties, (task.name, path, sorted(record.properties))
 
 
 # ----------------------------------------------------------------------------- Matbench folds
@@ -222,6 +222,38 @@ def _aflow_rows(split: str, n: int) -> list[dict[str, str]]:
 
     with gzip.open(T.SAMPLE_ROOT / f"aflow/debye_temperature/{split}.csv.gz", "rt") as f:
         return [dict(row) for row, _ in zip(csv.DictReader(f), range(n), strict=False)]
+
+
+def test_pooled_training_files_add_training_rows_only(tmp_path: Path) -> None:
+    _write_csv(tmp_path / "t/train.csv.gz", _aflow_rows("train", 20))
+    _write_csv(tmp_path / "u/extra.csv.gz", _aflow_rows("val", 10))
+    _write_csv(tmp_path / "t/test.csv.gz", _aflow_rows("test", 8))
+    splits = GivenSplits(
+        train="t/train.csv.gz", more_train=("u/extra.csv.gz",), test="t/test.csv.gz"
+    )
+    task = Task(name="tmp_pooled", target="debye_temperature", splits=splits)
+    data = load_task(task, tmp_path)
+    (fold,) = data.folds
+    assert len(fold.train_ids) == 30 and len(fold.test_ids) == 8 and fold.val_ids is None
+    assert {data.examples[i].role for i in fold.train_ids} == {"train"}
+    assert sum(i.startswith("extra:") for i in fold.train_ids) == 10
+    assert data.report.files["train+1"] == str(tmp_path / "u/extra.csv.gz")
+    split = split_fold(data, fold, val_fraction=0.2, seed=0)
+    assert len(split.train_ids) + len(split.val_ids) == 30
+    assert_disjoint(split)
+
+
+def test_pooled_files_whose_row_ids_collide_are_refused(tmp_path: Path) -> None:
+    # Both files are named train.csv.gz and have no id column: both name row 0 "train:0".
+    _write_csv(tmp_path / "t/train.csv.gz", _aflow_rows("train", 5))
+    _write_csv(tmp_path / "u/train.csv.gz", _aflow_rows("train", 5))
+    _write_csv(tmp_path / "t/test.csv.gz", _aflow_rows("test", 5))
+    splits = GivenSplits(
+        train="t/train.csv.gz", more_train=("u/train.csv.gz",), test="t/test.csv.gz"
+    )
+    task = Task(name="tmp_clash", target="debye_temperature", splits=splits)
+    with pytest.raises(ValueError, match=r"id 'train:0' occurs twice .*u/train\.csv\.gz"):
+        load_task(task, tmp_path)
 
 
 def test_unusable_rows_are_reported_never_dropped(tmp_path: Path) -> None:
