@@ -1,15 +1,18 @@
 """Write a shipped checkpoint: an export package plus its provenance, under models/<name>/.
 
     python models/make_package.py PACKAGE --name NAME --commands FILE \
-        [--finetune RUN_DIR ...]
+        [--finetune RUN_DIR ...] [--twin RUN_DIR ...]
 
 PACKAGE is what ``cloud export`` wrote from the pre-training run, or the ``model/`` of a
 ``cloud finetune`` run (an encoder taken through an intermediate supervised stage; its
 provenance then says which). The shipped package is the
 same model and tokenizer re-saved with ``cloud.export.save_pretrained`` (so SHA256SUMS covers
 every file) with ``metadata["provenance"]``: the commands that made it (FILE, verbatim), and
-for each fine-tuning run its task, folds, scores of the model and of every baseline. The same
-facts are written as ``PROVENANCE.md`` beside the model card.
+for each fine-tuning run its task, folds, scores of the model and of every baseline. A
+``--twin`` is the random-init twin of a ``--finetune`` run made as a run of its own (same
+task, folds and recipe, the encoder re-initialised: ``docs/results/random_init_package.py``);
+its scores become that run's ``random_init`` baseline. The same facts are written as
+``PROVENANCE.md`` beside the model card.
 """
 
 from __future__ import annotations
@@ -40,6 +43,22 @@ def finetune_figures(run_dir: Path) -> dict[str, Any]:
         "mean_predictor": summary["baseline_scores"][metric],
         "cpu_time_s": summary["cpu_time_s"],
     }
+
+
+def with_twins(runs: list[dict[str, Any]], twins: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` with each twin's model scores as the ``random_init`` baseline of the run of
+    the same task and folds (a twin that matches no run, or a run that already has one, is
+    an error: the figures would not be of the same rows)."""
+    for twin in twins:
+        matches = [r for r in runs if (r["task"], r["folds"]) == (twin["task"], twin["folds"])]
+        if len(matches) != 1:
+            raise SystemExit(f"twin of {twin['task']} {twin['folds']}: matches {len(matches)} runs")
+        (run,) = matches
+        if "random_init" in run["baselines"]:
+            raise SystemExit(f"{run['task']}: the run has its own random-init baseline already")
+        run["baselines"]["random_init"] = twin["model"]
+        run["random_init_run"] = "separate"
+    return runs
 
 
 def stage_lines(stage: dict[str, Any] | None) -> list[str]:
@@ -99,6 +118,9 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--commands", required=True, help="file with the commands, verbatim")
     parser.add_argument("--finetune", nargs="*", default=[], help="cloud finetune run dirs")
+    parser.add_argument(
+        "--twin", nargs="*", default=[], help="random-init twins of --finetune runs, run apart"
+    )
     args = parser.parse_args()
     loaded = load_pretrained(args.package)
     commands = Path(args.commands).read_text()
@@ -106,7 +128,10 @@ def main() -> None:
     metadata.pop("source", None)  # paths of this machine's run directories
     metadata["provenance"] = {
         "commands": commands,
-        "finetune": [finetune_figures(Path(run)) for run in args.finetune],
+        "finetune": with_twins(
+            [finetune_figures(Path(run)) for run in args.finetune],
+            [finetune_figures(Path(run)) for run in args.twin],
+        ),
     }
     out = Path(__file__).parent / args.name
     save_pretrained(
