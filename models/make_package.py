@@ -1,7 +1,7 @@
 """Write a shipped checkpoint: an export package plus its provenance, under models/<name>/.
 
     python models/make_package.py PACKAGE --name NAME --commands FILE \
-        [--finetune RUN_DIR ...] [--twin RUN_DIR ...]
+        [--finetune RUN_DIR ...] [--twin RUN_DIR ...] [--forest RUN_DIR ...]
 
 PACKAGE is what ``cloud export`` wrote from the pre-training run, or the ``model/`` of a
 ``cloud finetune`` run (an encoder taken through an intermediate supervised stage; its
@@ -11,8 +11,9 @@ every file) with ``metadata["provenance"]``: the commands that made it (FILE, ve
 for each fine-tuning run its task, folds, scores of the model and of every baseline. A
 ``--twin`` is the random-init twin of a ``--finetune`` run made as a run of its own (same
 task, folds and recipe, the encoder re-initialised: ``docs/results/random_init_package.py``);
-its scores become that run's ``random_init`` baseline. The same facts are written as
-``PROVENANCE.md`` beside the model card.
+its scores become that run's ``random_init`` baseline; a ``--forest`` run of the same task and
+folds lends its random forest likewise. The same facts are written as ``PROVENANCE.md``
+beside the model card.
 """
 
 from __future__ import annotations
@@ -45,19 +46,28 @@ def finetune_figures(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def with_twins(runs: list[dict[str, Any]], twins: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``runs`` with each twin's model scores as the ``random_init`` baseline of the run of
-    the same task and folds (a twin that matches no run, or a run that already has one, is
-    an error: the figures would not be of the same rows)."""
-    for twin in twins:
-        matches = [r for r in runs if (r["task"], r["folds"]) == (twin["task"], twin["folds"])]
-        if len(matches) != 1:
-            raise SystemExit(f"twin of {twin['task']} {twin['folds']}: matches {len(matches)} runs")
-        (run,) = matches
-        if "random_init" in run["baselines"]:
-            raise SystemExit(f"{run['task']}: the run has its own random-init baseline already")
-        run["baselines"]["random_init"] = twin["model"]
-        run["random_init_run"] = "separate"
+def with_baselines(
+    runs: list[dict[str, Any]], twins: list[dict[str, Any]], forests: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``runs`` with the baselines they did not fit themselves taken from other runs of the
+    same task and folds: each twin's model scores as ``random_init``, each forest run's
+    ``classical`` baseline as its own (the forest depends on the fold's rows and the seed
+    only). A run that matches no run, or a baseline the run has already, is an error: the
+    figures would not be of the same rows, or two would compete."""
+    for name, sources in (("random_init", twins), ("classical", forests)):
+        for source in sources:
+            key = (source["task"], source["folds"])
+            matches = [r for r in runs if (r["task"], r["folds"]) == key]
+            if len(matches) != 1:
+                raise SystemExit(f"{name} from {key[0]} {key[1]}: matches {len(matches)} runs")
+            (run,) = matches
+            if name in run["baselines"]:
+                raise SystemExit(f"{run['task']}: the run has its own {name} baseline already")
+            scores = source["model"] if name == "random_init" else source["baselines"].get(name)
+            if scores is None:
+                raise SystemExit(f"{name} from {key[0]}: that run has no {name} baseline")
+            run["baselines"][name] = scores
+            run.setdefault("baselines_from_other_runs", []).append(name)
     return runs
 
 
@@ -121,6 +131,9 @@ def main() -> None:
     parser.add_argument(
         "--twin", nargs="*", default=[], help="random-init twins of --finetune runs, run apart"
     )
+    parser.add_argument(
+        "--forest", nargs="*", default=[], help="runs whose random forest a --finetune run lacks"
+    )
     args = parser.parse_args()
     loaded = load_pretrained(args.package)
     commands = Path(args.commands).read_text()
@@ -128,9 +141,10 @@ def main() -> None:
     metadata.pop("source", None)  # paths of this machine's run directories
     metadata["provenance"] = {
         "commands": commands,
-        "finetune": with_twins(
+        "finetune": with_baselines(
             [finetune_figures(Path(run)) for run in args.finetune],
             [finetune_figures(Path(run)) for run in args.twin],
+            [finetune_figures(Path(run)) for run in args.forest],
         ),
     }
     out = Path(__file__).parent / args.name

@@ -112,3 +112,52 @@ def test_the_staged_package_predicts_the_highest_phonon_frequency_and_fine_tunes
     )
     assert main(command.split()) == 0
     assert json.loads((out / "summary.json").read_text())["is_sample"] is True
+
+
+BANDGAP = REPO / "models" / "cloud-tiny-canonical-el-bandgap"
+BANDGAP_WEIGHTS_SHA256 = "a46c2a4a52622c0c9845372bf45e5f47edf7ca4a3a71c1d50971dcd1c08716d9"
+
+
+def test_the_band_gap_package_is_intact_and_carries_its_dielectric_figures() -> None:
+    digest = hashlib.sha256((BANDGAP / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == BANDGAP_WEIGHTS_SHA256
+    package = load_pretrained(BANDGAP)
+    stage = package.metadata["finetune"]
+    assert stage["task"] == "mp20_band_gap" and stage["unit"] == "eV"
+    assert stage["config"]["exclude_tasks"] == ["matbench_dielectric"]
+    (run,) = package.metadata["provenance"]["finetune"]
+    assert run["task"] == "matbench_dielectric" and not run["is_sample"]
+    assert len(run["folds"]) == 5
+    # Both baselines are there, lent by runs of the same rows (the staged run fitted neither).
+    assert set(run["baselines"]) == {"random_init", "classical"}
+    assert run["baselines_from_other_runs"] == ["random_init", "classical"]
+    assert run["model"]["mean"] < run["baselines"]["random_init"]["mean"]
+    assert run["model"]["mean"] < run["baselines"]["classical"]["mean"]
+    assert sum(p.stat().st_size for p in BANDGAP.iterdir()) < 25 * 1024 * 1024
+
+
+def test_the_band_gap_package_predicts_gaps_that_fall_as_the_refractive_index_rises(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    predictions = tmp_path / "predictions.csv"
+    sample = REPO / "data/matbench/matbench_dielectric_sample.json.gz"
+    assert main(f"predict --checkpoint {BANDGAP} --input {sample} --out {predictions}".split()) == 0
+    with predictions.open() as handle:
+        gaps = np.array([float(row["prediction"]) for row in csv.DictReader(handle)])
+    with gzip.open(sample, "rt") as handle:
+        n = np.array(list(json.load(handle)["n"].values()))  # pandas "columns" JSON, in order
+    assert len(gaps) == len(n)
+    # Wide-gap materials have low refractive indices (Moss's rule): the stage's gaps, in eV,
+    # must rank the sample's materials against n.
+    assert spearmanr(gaps, n).statistic < -0.5
+    assert np.median(gaps) > 0.5
+    out = tmp_path / "ft"
+    command = (
+        f"finetune --checkpoint {BANDGAP} --task matbench_dielectric --folds 0 --out {out} "
+        f"data_root={NO_ROOT} epochs=1 baselines=[] threads=1"
+    )
+    assert main(command.split()) == 0
+    assert json.loads((out / "summary.json").read_text())["is_sample"] is True

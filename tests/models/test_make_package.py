@@ -36,13 +36,15 @@ def _figures(task: str, model: float, baselines: dict[str, float]) -> dict[str, 
     }
 
 
-def test_a_twin_run_apart_fills_the_random_init_column_of_its_run() -> None:
+def test_baselines_run_apart_fill_the_columns_of_their_run() -> None:
     make = _make_package()
     runs = [_figures("matbench_dielectric", 0.33, {}), _figures("matbench_phonons", 59.0, {})]
     twin = _figures("matbench_dielectric", 0.348, {})
-    merged = make.with_twins(runs, [twin])
+    forest = _figures("matbench_dielectric", 0.35, {"random_init": 0.36, "classical": 0.419})
+    merged = make.with_baselines(runs, [twin], [forest])
     assert merged[0]["baselines"]["random_init"] == {"mean": 0.348, "std": 0.05}
-    assert merged[0]["random_init_run"] == "separate"
+    assert merged[0]["baselines"]["classical"] == {"mean": 0.419, "std": 0.05}
+    assert merged[0]["baselines_from_other_runs"] == ["random_init", "classical"]
     assert "random_init" not in merged[1]["baselines"]
     metadata = {
         "provenance": {"finetune": merged},
@@ -50,14 +52,19 @@ def test_a_twin_run_apart_fills_the_random_init_column_of_its_run() -> None:
         "training_data": {"num_samples": 64, "variant": "canonical"},
     }
     table = make.provenance_markdown("x", metadata, "cloud finetune …")
-    assert "| matbench_dielectric | mae | 0.33 ± 0.05 | 0.348 ± 0.05 | — | 0.8 ± 0.05 |" in table
+    assert (
+        "| matbench_dielectric | mae | 0.33 ± 0.05 | 0.348 ± 0.05 | 0.419 ± 0.05 | 0.8 ± 0.05 |"
+        in table
+    )
 
 
-def test_a_twin_of_other_rows_or_a_second_baseline_is_refused() -> None:
+def test_baselines_of_other_rows_or_a_second_copy_are_refused() -> None:
     make = _make_package()
     other_folds = dict(_figures("matbench_dielectric", 0.35, {}), folds=["fold_0"])
     with pytest.raises(SystemExit, match="matches 0 runs"):
-        make.with_twins([_figures("matbench_dielectric", 0.33, {})], [other_folds])
+        make.with_baselines([_figures("matbench_dielectric", 0.33, {})], [other_folds], [])
     has_one = _figures("matbench_dielectric", 0.33, {"random_init": 0.34})
     with pytest.raises(SystemExit, match="already"):
-        make.with_twins([has_one], [_figures("matbench_dielectric", 0.35, {})])
+        make.with_baselines([has_one], [_figures("matbench_dielectric", 0.35, {})], [])
+    with pytest.raises(SystemExit, match="no classical baseline"):
+        make.with_baselines([_figures("matbench_dielectric", 0.33, {})], [], [has_one])
