@@ -133,3 +133,10 @@ cloud finetune --checkpoint runs/final/random-init --task mp20_band_gap \
 cloud finetune --checkpoint runs/final/stage-gap-random/model --task matbench_dielectric \
     --config configs/finetune/matbench.yaml --out runs/final/dielectric-random-staged-e32 \
     epochs=32 'baselines=[]' --resume
+
+# 11. The shipped band-gap package: the encoder after section 8's MP-20 stage, with the
+#     32-epoch dielectric figures of section 9 (its twin and the forest, which that run did
+#     not fit, lent by the twin's run and by section 8's run on the same rows).
+python models/make_package.py runs/final/stage-gap/model --name cloud-tiny-canonical-el-bandgap \
+    --commands docs/results/commands.sh --finetune runs/final/dielectric-staged-e32 \
+    --twin runs/final/dielectric-random-e32 --forest runs/final/dielectric-e16
