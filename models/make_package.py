@@ -54,7 +54,11 @@ def with_baselines(
     ``classical`` baseline as its own (the forest depends on the fold's rows and the seed
     only). A run that matches no run, or a baseline the run has already, is an error: the
     figures would not be of the same rows, or two would compete."""
-    for name, sources in (("random_init", twins), ("classical", forests)):
+    lenders = (
+        ("random_init", twins, lambda twin: twin["model"]),
+        ("classical", forests, lambda run: run["baselines"].get("classical")),
+    )
+    for name, sources, lent in lenders:
         for source in sources:
             key = (source["task"], source["folds"])
             matches = [r for r in runs if (r["task"], r["folds"]) == key]
@@ -63,7 +67,7 @@ def with_baselines(
             (run,) = matches
             if name in run["baselines"]:
                 raise SystemExit(f"{run['task']}: the run has its own {name} baseline already")
-            scores = source["model"] if name == "random_init" else source["baselines"].get(name)
+            scores = lent(source)
             if scores is None:
                 raise SystemExit(f"{name} from {key[0]}: that run has no {name} baseline")
             run["baselines"][name] = scores
