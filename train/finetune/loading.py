@@ -77,9 +77,10 @@ def load_task(
         root=str(resolved.root),
         files={role: str(p) for role, p in resolved.paths.items()},
         is_sample=resolved.is_sample,
+        keep_rule=task.keep_rule,
     )
     structures: dict[str, Any] | None = {} if keep_structures else None
-    examples = _load_examples(task, resolved, variant, structures)
+    examples = _load_examples(task, resolved, variant, report, structures)
     _count_problems(examples.values(), report)
     folds = _build_folds(task, resolved, examples, report)
     return TaskData(task, examples, folds, report, structures)
@@ -128,15 +129,23 @@ def _data_roles(splits: Splits) -> list[str]:
 
 
 def _load_examples(
-    task: Task, resolved: ResolvedFiles, variant: str, structures: dict[str, Any] | None = None
+    task: Task,
+    resolved: ResolvedFiles,
+    variant: str,
+    report: LoadReport,
+    structures: dict[str, Any] | None = None,
 ) -> dict[str, Example]:
-    """Every row of the task's files as an ``Example``; each readable structure also goes
-    into ``structures`` when one is given."""
+    """Every row of the task's files as an ``Example``, but those ``Task.keep`` rejects,
+    which are only counted (``report.n_outside``); each readable structure also goes into
+    ``structures`` when one is given."""
     reader = READERS[task.reader]
     examples: dict[str, Example] = {}
     for role in _data_roles(task.splits):
         path = resolved.paths[role]
         for row in reader(path, task, resolved.paths):
+            if _outside_task(task, row.record.properties):
+                report.n_outside += 1
+                continue
             if row.id in examples:
                 raise ValueError(
                     f"task {task.name}: id {row.id!r} occurs twice ({examples[row.id].position} "
@@ -160,6 +169,17 @@ def _example(task: Task, row: Row, role: str, variant: str, path: Path) -> Examp
     example.scope = scope
     example.error = scope_error or target_error
     return example
+
+
+def _outside_task(task: Task, properties: Mapping[str, Any]) -> bool:
+    """Whether ``Task.keep`` rejects the row; a missing or unreadable target is not for the
+    filter to judge (``_target_of`` reports it)."""
+    if task.keep is None or properties.get(task.target) is None:
+        return False
+    try:
+        return not task.keep(properties[task.target])
+    except (TypeError, ValueError):
+        return False
 
 
 def _target_of(task: Task, properties: Mapping[str, Any]) -> tuple[Any, str | None]:

@@ -171,6 +171,12 @@ class Task:
     """One line about the data and the split (shown in reports)."""
     label: Callable[[Any], Any] | None = None
     """Turns the raw column value into the target (e.g. band gap → is_metal); None: as is."""
+    keep: Callable[[Any], bool] | None = None
+    """Which rows belong to the task, by the raw column value (e.g. a gap set's non-metals:
+    gap > 0), in every file: a row it rejects is no row of the task (in no fold, not
+    scored) and is counted in ``LoadReport.n_outside``. None: every row."""
+    keep_rule: str = ""
+    """What ``keep`` admits, in words, for the report (e.g. ``band_gap > 0``)."""
     classes: tuple[Any, ...] | None = None
     """Class labels in output order (classification); None: the sorted training labels."""
     reference_scores: Mapping[str, float] = field(default_factory=dict)
@@ -186,6 +192,8 @@ class Task:
             raise ValueError(f"task {self.name}: metric {self.metric!r} not in {valid}")
         if self.reader not in READERS:
             raise ValueError(f"task {self.name}: unknown reader {self.reader!r}")
+        if self.keep is not None and not self.keep_rule:
+            raise ValueError(f"task {self.name}: a keep filter needs its keep_rule in words")
 
     @property
     def is_regression(self) -> bool:
@@ -269,6 +277,9 @@ class LoadReport:
     is_sample: bool = False
     n_rows: int = 0
     n_usable: int = 0
+    n_outside: int = 0
+    """Rows of the files that ``Task.keep`` rejects: not rows of the task, not in ``n_rows``."""
+    keep_rule: str = ""
     problems: Counter = field(default_factory=Counter)
     """Counts of unusable rows by reason kind (``read: …``, ``encode: …``, ``target: …``)."""
     examples_of_problems: dict[str, list[str]] = field(default_factory=dict)
@@ -281,6 +292,8 @@ class LoadReport:
         out = [f"task {self.task}: {self.n_rows} rows from {source} {self.root}"]
         out += [f"  {role}: {path}" for role, path in self.files.items()]
         unusable = self.n_rows - self.n_usable
+        if self.keep_rule:
+            out.append(f"  kept rows with {self.keep_rule}; {self.n_outside} others not used")
         out.append(f"  usable rows: {self.n_usable}; unusable: {unusable}")
         for reason, count in self.problems.most_common():
             shown = "; ".join(self.examples_of_problems.get(reason, [])[:3])
@@ -296,6 +309,8 @@ class LoadReport:
             "is_sample": self.is_sample,
             "n_rows": self.n_rows,
             "n_usable": self.n_usable,
+            "n_outside": self.n_outside,
+            "keep_rule": self.keep_rule,
             "problems": dict(self.problems),
             "examples_of_problems": self.examples_of_problems,
             "notes": self.notes,
@@ -604,6 +619,24 @@ for _task in (
             "18,140 training materials, 4,085 of them non-metals (mp20_band_gap: 2,116); "
             "tested on MP-20 binary/ternary test, as mp20_band_gap"
         ),
+    ),
+    Task(
+        name="pbe_band_gap_nonmetals",
+        target="band_gap",
+        splits=GivenSplits(
+            train="mp_20_biternary/val.csv.gz",
+            more_train=("mp_20_pilot/train.csv.gz", "wbm/val.csv.gz"),
+            test="mp_20_biternary/test.csv.gz",
+        ),
+        unit="eV",
+        description=(
+            "the non-metals of pbe_band_gap (PBE gap > 0): 4,085 training materials from "
+            "MP-20 binary/ternary val, the MP-20 pilot's train part and WBM, tested on the "
+            "2,185 non-metals of MP-20 binary/ternary test; a stage for targets defined on "
+            "non-metals only, such as matbench_dielectric's refractive index"
+        ),
+        keep=lambda gap: float(gap) > 0.0,
+        keep_rule="band_gap > 0",
     ),
     _given(
         "mp20_is_metal",

@@ -81,6 +81,8 @@ def test_task_declaration_is_validated() -> None:
         Task(name="x", target="y", splits=splits, metric="rocauc")
     with pytest.raises(ValueError, match="task_type"):
         Task(name="x", target="y", splits=splits, task_type="ranking")
+    with pytest.raises(ValueError, match="keep_rule"):
+        Task(name="x", target="y", splits=splits, keep=lambda value: True)
     with pytest.raises(ValueError, match="already registered"):
         T.register_task(get_task("matbench_dielectric"))
 
@@ -283,6 +285,41 @@ def test_unusable_rows_are_reported_never_dropped(tmp_path: Path) -> None:
     assert set(split.excluded) == {"train:3", "train:5", "train:7"}
     assert not set(split.excluded) & (set(split.train_ids) | set(split.val_ids))
     assert len(split.train_ids) + len(split.val_ids) == 27
+
+
+def test_rows_a_task_keeps_out_are_in_no_fold_and_counted(tmp_path: Path) -> None:
+    # The shape of pbe_band_gap_nonmetals: a keep rule on the raw target, in train and test;
+    # the rows it rejects are no rows of the task (in no fold), only counted.
+    train, test = _aflow_rows("train", 30), _aflow_rows("test", 10)
+    threshold = sorted(float(row["debye_temperature"]) for row in train + test)[20]
+    _write_csv(tmp_path / "t/train.csv.gz", train)
+    _write_csv(tmp_path / "t/test.csv.gz", test)
+    task = Task(
+        name="tmp_hot",
+        target="debye_temperature",
+        splits=GivenSplits(train="t/train.csv.gz", test="t/test.csv.gz"),
+        keep=lambda theta: float(theta) >= threshold,
+        keep_rule=f"debye_temperature >= {threshold}",
+    )
+    data = load_task(task, tmp_path)
+    report = data.report
+    assert len(data.examples) == 20 and all(e.ok for e in data.examples.values())
+    assert all(e.target >= threshold for e in data.examples.values())
+    assert (report.n_rows, report.n_usable, report.n_outside) == (20, 20, 20)
+    assert f"kept rows with debye_temperature >= {threshold}; 20 others" in "\n".join(
+        report.lines()
+    )
+    split = split_fold(data, data.folds[0], val_fraction=0.2, seed=0)
+    used = set(split.train_ids) | set(split.val_ids) | set(split.test_ids)
+    assert used == set(data.examples) and not split.excluded
+    expected_test = sum(float(row["debye_temperature"]) >= threshold for row in test)
+    assert len(split.test_ids) == expected_test
+
+
+def test_the_non_metal_gap_stage_keeps_non_metals_only() -> None:
+    task = get_task("pbe_band_gap_nonmetals")
+    assert task.splits == get_task("pbe_band_gap").splits
+    assert [task.keep(gap) for gap in (0.0, "0.0", 0.01, 3.2)] == [False, False, True, True]
 
 
 def _with_half_occupancy(cif: str) -> str:
