@@ -22,10 +22,12 @@ from train.finetune.loading import load_task
 
 
 def split_maes(truth: np.ndarray, predicted: np.ndarray, threshold: float) -> str:
-    """'all | above | at or below' MAE cells."""
+    """'all | above | at or below' MAE cells ('—' for a side with no rows: a run on a task
+    that keeps one side only, e.g. pbe_band_gap_nonmetals)."""
     error = np.abs(predicted - truth)
     above = truth > threshold
-    return f"{error.mean():.4f} | {error[above].mean():.3f} | {error[~above].mean():.3f}"
+    sides = [f"{part.mean():.3f}" if part.size else "—" for part in (error[above], error[~above])]
+    return f"{error.mean():.4f} | {sides[0]} | {sides[1]}"
 
 
 def main(argv: list[str]) -> int:
