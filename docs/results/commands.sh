@@ -140,3 +140,24 @@ cloud finetune --checkpoint runs/final/stage-gap-random/model --task matbench_di
 python models/make_package.py runs/final/stage-gap/model --name cloud-tiny-canonical-el-bandgap \
     --commands docs/results/commands.sh --finetune runs/final/dielectric-staged-e32 \
     --twin runs/final/dielectric-random-e32 --forest runs/final/dielectric-e16
+
+# 12. A third seed of section 9's staged run, the three seeds averaged; a stage on the
+#     non-metals' gaps only (stopped after 2 dielectric folds: worse than the MP-20 stage);
+#     a second seed of the random-init twin (section 9's runs/final/random-init). About 65,
+#     7 + 30 and 65 CPU-minutes.
+cloud finetune --checkpoint models/cloud-tiny-canonical-el-bandgap --task matbench_dielectric \
+    --config configs/finetune/matbench.yaml --out runs/final/dielectric-staged-e32-seed2 \
+    epochs=32 'baselines=[]' seed=2 --resume
+python docs/results/average_runs.py matbench_dielectric runs/final/dielectric-staged-e32 \
+    runs/final/dielectric-staged-e32-seed1 runs/final/dielectric-staged-e32-seed2
+cloud finetune --checkpoint models/cloud-tiny-canonical-el --task pbe_band_gap_nonmetals \
+    --config configs/finetune/matbench.yaml --out runs/final/stage-gap-nonmetals \
+    epochs=20 'baselines=[classical]' 'exclude_tasks=[matbench_dielectric]'
+cloud finetune --checkpoint runs/final/stage-gap-nonmetals/model --task matbench_dielectric \
+    --config configs/finetune/matbench.yaml --out runs/final/dielectric-nonmetal-staged-e32 \
+    epochs=32 'baselines=[]' --resume
+cloud finetune --checkpoint runs/final/random-init --task matbench_dielectric \
+    --config configs/finetune/matbench.yaml --out runs/final/dielectric-random-e32-seed1 \
+    epochs=32 'baselines=[]' seed=1 --resume
+python docs/results/average_runs.py matbench_dielectric runs/final/dielectric-random-e32 \
+    runs/final/dielectric-random-e32-seed1
