@@ -92,8 +92,8 @@ def task_structures(
     *,
     allow_sample: bool = True,
 ) -> dict[str, Any]:
-    """The readable structures of a task by row id (no symmetry search: fast), for matching
-    crystals across tasks."""
+    """The readable structures of a task's rows by id (no symmetry search: fast; rows
+    ``Task.keep`` rejects are no rows of the task), for matching crystals across tasks."""
     task = get_task(task) if isinstance(task, str) else task
     resolved = resolve_files(task, data_root, allow_sample=allow_sample)
     reader = READERS[task.reader]
@@ -101,7 +101,7 @@ def task_structures(
         row.id: row.record.structure
         for role in _data_roles(task.splits)
         for row in reader(resolved.paths[role], task, resolved.paths)
-        if row.record.structure is not None
+        if row.record.structure is not None and not _outside_task(task, row.record.properties)
     }
 
 
@@ -174,21 +174,32 @@ def _example(task: Task, row: Row, role: str, variant: str, path: Path) -> Examp
 def _outside_task(task: Task, properties: Mapping[str, Any]) -> bool:
     """Whether ``Task.keep`` rejects the row; a missing or unreadable target is not for the
     filter to judge (``_target_of`` reports it)."""
-    if task.keep is None or properties.get(task.target) is None:
+    if task.keep is None:
+        return False
+    value, error = _raw_target(task, properties)
+    if error is not None:
         return False
     try:
-        return not task.keep(properties[task.target])
+        return not task.keep(value)
     except (TypeError, ValueError):
         return False
 
 
-def _target_of(task: Task, properties: Mapping[str, Any]) -> tuple[Any, str | None]:
+def _raw_target(task: Task, properties: Mapping[str, Any]) -> tuple[Any, str | None]:
+    """The target column's value as the file has it, or why there is none."""
     if task.target not in properties:
         keys = ", ".join(sorted(properties)[:12])
         return None, f"target: no column {task.target!r} (columns: {keys})"
     value = properties[task.target]
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return None, f"target: missing {task.target}"
+    return value, None
+
+
+def _target_of(task: Task, properties: Mapping[str, Any]) -> tuple[Any, str | None]:
+    value, error = _raw_target(task, properties)
+    if error is not None:
+        return None, error
     if task.label is not None:
         value = task.label(value)
     if task.is_regression:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from train import tasks as T
+from train.finetune.loading import task_structures
 from train.tasks import (
     Fold,
     FoldSplit,
@@ -292,6 +293,7 @@ def test_rows_a_task_keeps_out_are_in_no_fold_and_counted(tmp_path: Path) -> Non
     # the rows it rejects are no rows of the task (in no fold), only counted.
     train, test = _aflow_rows("train", 30), _aflow_rows("test", 10)
     threshold = sorted(float(row["debye_temperature"]) for row in train + test)[20]
+    train.append({**train[0], "debye_temperature": ""})  # no target: reported, not "outside"
     _write_csv(tmp_path / "t/train.csv.gz", train)
     _write_csv(tmp_path / "t/test.csv.gz", test)
     task = Task(
@@ -303,15 +305,17 @@ def test_rows_a_task_keeps_out_are_in_no_fold_and_counted(tmp_path: Path) -> Non
     )
     data = load_task(task, tmp_path)
     report = data.report
-    assert len(data.examples) == 20 and all(e.ok for e in data.examples.values())
-    assert all(e.target >= threshold for e in data.examples.values())
-    assert (report.n_rows, report.n_usable, report.n_outside) == (20, 20, 20)
+    usable = {i: e for i, e in data.examples.items() if e.ok}
+    assert len(usable) == 20 and all(e.target >= threshold for e in usable.values())
+    assert data.examples["train:30"].error == "target: missing debye_temperature"
+    assert (report.n_rows, report.n_usable, report.n_outside) == (21, 20, 20)
+    assert set(task_structures(task, tmp_path)) == set(data.examples)
     assert f"kept rows with debye_temperature >= {threshold}; 20 others" in "\n".join(
         report.lines()
     )
     split = split_fold(data, data.folds[0], val_fraction=0.2, seed=0)
     used = set(split.train_ids) | set(split.val_ids) | set(split.test_ids)
-    assert used == set(data.examples) and not split.excluded
+    assert used == set(usable) and set(split.excluded) == {"train:30"}
     expected_test = sum(float(row["debye_temperature"]) >= threshold for row in test)
     assert len(split.test_ids) == expected_test
 
