@@ -102,7 +102,8 @@ def _run_finetune(
     encoded.blocked = blocked_rows(data, config, variant)
     if encoded.blocked:
         logger.info(
-            "%d rows kept out of training: a structure of %s (same SCOPE string or crystal)",
+            "%d rows are a structure of %s (same SCOPE string or crystal): kept out of "
+            "training and validation; those in a test part stay there",
             len(encoded.blocked),
             ", ".join(config.exclude_tasks),
         )
